@@ -1,0 +1,167 @@
+"""Reader of the field's metadata format (PROTOCOL.md §1).
+
+A split is a folder with image_ids.txt, class_labels.txt, image_sizes.txt and
+localization.txt; paths in them are relative to the image root. Every problem is reported
+as a `MetadataError` naming the file and, where there is one, the line."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+BOX_FILE = "localization.txt"
+
+
+class MetadataError(ValueError):
+    """A malformed or inconsistent metadata file or image (the message names where)."""
+
+
+@dataclass
+class ImageRecord:
+    path: str  # relative to the image root, POSIX separators
+    label: int
+    size: tuple[int, int] | None = None  # (width, height) from image_sizes.txt
+    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # inclusive x0,y0,x1,y1
+    masks: list[str] = field(default_factory=list)  # instance mask paths (relative)
+    ignore: str | None = None  # ignore-mask path (relative)
+    has_roi_line: bool = False  # a localization line exists for this image
+
+
+def _lines(path: Path, required: bool = True):
+    if not path.is_file():
+        if required:
+            raise MetadataError(f"{path}: metadata file is missing")
+        return []
+    out = []
+    with open(path, encoding="utf-8") as handle:
+        for number, raw in enumerate(handle, start=1):
+            text = raw.strip()
+            if text:
+                out.append((number, text))
+    return out
+
+
+def _check_relative(rel: str, where: str) -> str:
+    p = PurePosixPath(rel.replace("\\", "/"))
+    if not rel or p.is_absolute() or ".." in p.parts:
+        raise MetadataError(f"{where}: path {rel!r} must be relative to the image root and stay inside it")
+    return str(p)
+
+
+def _fields(text: str, count: int, what: str, where: str) -> list[str]:
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != count:
+        raise MetadataError(f"{where}: expected `{what}` ({count} comma-separated fields), got {text!r}")
+    return parts
+
+
+def _int(value: str, name: str, where: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        try:
+            as_float = float(value)
+        except ValueError:
+            raise MetadataError(f"{where}: {name} {value!r} is not a number") from None
+        if as_float != int(as_float):
+            raise MetadataError(f"{where}: {name} {value!r} is not an integer")
+        return int(as_float)
+
+
+def read_split(meta_dir: Path, annotation: str, loc_file: str = BOX_FILE) -> list[ImageRecord]:
+    """Read one split folder. `annotation` is "box", "mask" or "none" (labels only);
+    `loc_file` names the localization file to read (default localization.txt)."""
+    meta_dir = Path(meta_dir)
+    ids_file = meta_dir / "image_ids.txt"
+    records: dict[str, ImageRecord] = {}
+    order: list[str] = []
+    for number, text in _lines(ids_file):
+        rel = _check_relative(text, f"{ids_file}:{number}")
+        if rel in records:
+            raise MetadataError(f"{ids_file}:{number}: image id {rel!r} listed twice")
+        records[rel] = ImageRecord(path=rel, label=-1)
+        order.append(rel)
+    if not order:
+        raise MetadataError(f"{ids_file}: the split is empty (no image ids)")
+
+    labels_file = meta_dir / "class_labels.txt"
+    for number, text in _lines(labels_file):
+        where = f"{labels_file}:{number}"
+        rel, label = _fields(text, 2, "<path>,<int class id>", where)
+        rec = _known(records, _check_relative(rel, where), where, ids_file)
+        rec.label = _int(label, "class id", where)
+        if rec.label < 0:
+            raise MetadataError(f"{where}: class id {rec.label} is negative")
+    for rel in order:
+        if records[rel].label < 0:
+            raise MetadataError(f"{labels_file}: image id {rel!r} (from {ids_file.name}) has no class label")
+
+    sizes_file = meta_dir / "image_sizes.txt"
+    for number, text in _lines(sizes_file, required=annotation != "mask"):
+        where = f"{sizes_file}:{number}"
+        rel, width, height = _fields(text, 3, "<path>,<width>,<height>", where)
+        rec = _known(records, _check_relative(rel, where), where, ids_file)
+        rec.size = (_int(width, "width", where), _int(height, "height", where))
+        if rec.size[0] <= 0 or rec.size[1] <= 0:
+            raise MetadataError(f"{where}: image size {rec.size} must be positive")
+
+    if annotation != "none":
+        loc_path = meta_dir / loc_file
+        for number, text in _lines(loc_path):
+            where = f"{loc_path}:{number}"
+            if annotation == "box":
+                rel, *coords = _fields(text, 5, "<path>,x0,y0,x1,y1", where)
+                rec = _known(records, _check_relative(rel, where), where, ids_file)
+                x0, y0, x1, y1 = (_int(c, n, where) for c, n in zip(coords, ("x0", "y0", "x1", "y1")))
+                if x1 < x0 or y1 < y0:
+                    raise MetadataError(f"{where}: box ({x0},{y0},{x1},{y1}) has x1 < x0 or y1 < y0")
+                if rec.size is not None:
+                    w, h = rec.size
+                    if x0 < 0 or y0 < 0 or x1 >= w or y1 >= h:
+                        raise MetadataError(f"{where}: box ({x0},{y0},{x1},{y1}) lies outside the "
+                                            f"{w}x{h} image {rel!r}")
+                rec.boxes.append((x0, y0, x1, y1))
+            else:
+                rel, mask, ignore = _fields(text, 3, "<path>,<mask.png>,<ignore.png>", where)
+                rec = _known(records, _check_relative(rel, where), where, ids_file)
+                rec.has_roi_line = True
+                if mask:
+                    rec.masks.append(_check_relative(mask, where))
+                if ignore:
+                    if rec.ignore is not None:
+                        raise MetadataError(f"{where}: a second ignore mask for {rel!r}; only the "
+                                            f"first line of an image carries one")
+                    rec.ignore = _check_relative(ignore, where)
+        for rel in order:
+            rec = records[rel]
+            if annotation == "box" and not rec.boxes:
+                raise MetadataError(f"{loc_path}: image id {rel!r} has no box")
+            if annotation == "mask" and not rec.has_roi_line:
+                raise MetadataError(f"{loc_path}: image id {rel!r} has no mask line (an empty mask "
+                                    f"field marks an image without ROI)")
+    return [records[rel] for rel in order]
+
+
+def _known(records, rel, where, ids_file):
+    try:
+        return records[rel]
+    except KeyError:
+        raise MetadataError(f"{where}: image id {rel!r} is not listed in {ids_file}") from None
+
+
+def write_split(meta_dir: Path, records: list[ImageRecord], annotation: str, loc_file: str = BOX_FILE) -> None:
+    """Write records in the metadata format (used by fixtures and converters)."""
+    meta_dir = Path(meta_dir)
+    meta_dir.mkdir(parents=True, exist_ok=True)
+    (meta_dir / "image_ids.txt").write_text("".join(f"{r.path}\n" for r in records))
+    (meta_dir / "class_labels.txt").write_text("".join(f"{r.path},{r.label}\n" for r in records))
+    (meta_dir / "image_sizes.txt").write_text(
+        "".join(f"{r.path},{r.size[0]},{r.size[1]}\n" for r in records if r.size is not None))
+    lines = []
+    for r in records:
+        if annotation == "box":
+            lines += [f"{r.path},{x0},{y0},{x1},{y1}\n" for x0, y0, x1, y1 in r.boxes]
+        elif annotation == "mask":
+            masks = r.masks or [""]
+            lines += [f"{r.path},{m},{(r.ignore or '') if i == 0 else ''}\n" for i, m in enumerate(masks)]
+    if annotation != "none":
+        (meta_dir / loc_file).write_text("".join(lines))

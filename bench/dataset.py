@@ -1,0 +1,211 @@
+"""Dataset plugins: where a dataset lives, its task, splits and metric.
+
+A plugin subclasses `Dataset` (or `MetadataDataset` for the field's metadata format) in one
+small file of `datasets/` and registers itself with `@register_dataset`."""
+from __future__ import annotations
+
+import random as _random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from bench.config import EmptyConfig
+from bench.data.metadata import ImageRecord, MetadataError, read_split
+
+IGNORE = 255  # mask value of ignored pixels
+
+
+@dataclass
+class Splits:
+    train: torch.utils.data.Dataset
+    val: torch.utils.data.Dataset
+    test: torch.utils.data.Dataset
+    num_classes: int
+
+
+class Dataset:
+    name: str = ""
+    task: str = "image"  # "image" or "video"; methods declare the tasks they support
+    annotation: str = "box"  # "box" or "mask": the test-time ground truth
+    primary_metric: str = "MaxBoxAccV2"
+    metrics: tuple[str, ...] = ()  # extra metrics shown in the leaderboard table
+    negative_class: int | None = None  # class id of fully negative images, if any
+    eval_size: int = 224  # score maps and ground truth are compared at eval_size x eval_size
+    synthetic: bool = False  # generated on the spot (never "missing")
+    Config = EmptyConfig
+
+    def __init__(self, cfg=None):
+        self.cfg = cfg if cfg is not None else self.Config()
+
+    def locate(self, data_root: Path) -> Path:
+        """The folder this dataset is read from."""
+        return Path(data_root) / self.name
+
+    def missing(self, data_root: Path) -> str | None:
+        """None when the dataset is on disk, else one line saying where it was looked for."""
+        return None
+
+    def prepare(self, data_root: Path) -> None:
+        """Make the data available (the synthetic suite generates itself here)."""
+
+    def splits(self, data_root: Path, budget) -> Splits:
+        raise NotImplementedError
+
+
+class MetadataDataset(Dataset):
+    """A dataset in the metadata format: images under `<root>/<image_dir>` and split folders
+    `<root>/metadata/<meta_name>/<split>/`."""
+
+    image_dir: str = ""  # default: the dataset name
+    meta_name: str = ""  # default: the dataset name
+    split_names: dict[str, str] = {"train": "train", "val": "val", "test": "test"}
+    num_classes: int = 0
+    image_size: int = 224  # network input size (square) unless the budget sets one
+    loc_file: str = "localization.txt"  # file with the test-time annotation
+    extra_mask_file: str | None = None  # optional mask file for box datasets (adds PxAP)
+
+    def image_root(self, data_root: Path) -> Path:
+        return Path(data_root) / (self.image_dir or self.name)
+
+    def meta_dir(self, data_root: Path, split: str) -> Path:
+        return Path(data_root) / "metadata" / (self.meta_name or self.name) / self.split_names[split]
+
+    def missing(self, data_root: Path) -> str | None:
+        where = self.meta_dir(data_root, "test")
+        if not (where / "image_ids.txt").is_file():
+            return (f"{self.name}: not found (looked for {where}/image_ids.txt); point to it with "
+                    f"--data-root DIR (DIR/metadata/{self.meta_name or self.name}/ and "
+                    f"DIR/{self.image_dir or self.name}/)")
+        return None
+
+    def read_records(self, data_root: Path, split: str) -> list[ImageRecord]:
+        annotation = "none" if split == "train" else self.annotation
+        records = read_split(self.meta_dir(data_root, split), annotation, self.loc_file)
+        if self.extra_mask_file and split != "train":
+            masks = {r.path: r for r in read_split(self.meta_dir(data_root, split), "mask", self.extra_mask_file)}
+            for r in records:
+                r.masks, r.ignore, r.has_roi_line = masks[r.path].masks, masks[r.path].ignore, True
+        for r in records:
+            if r.label >= self.num_classes:
+                raise MetadataError(f"{self.meta_dir(data_root, split)}/class_labels.txt: class id {r.label} "
+                                    f"of {r.path!r} is not below the {self.num_classes} classes of {self.name}")
+        return records
+
+    def splits(self, data_root: Path, budget) -> Splits:
+        root = self.image_root(data_root)
+        size = budget.input_size or self.image_size
+        with_masks = self.annotation == "mask" or self.extra_mask_file is not None
+        out = {}
+        for split in ("train", "val", "test"):
+            records = self.read_records(data_root, split)
+            limit = budget.max_train_images if split == "train" else budget.max_eval_images
+            records = _balanced_subset(records, limit)
+            out[split] = MetadataImages(
+                root, records, input_size=size, eval_size=self.eval_size, train=split == "train",
+                with_boxes=split != "train" and self.annotation == "box",
+                with_masks=split != "train" and with_masks)
+        return Splits(out["train"], out["val"], out["test"], self.num_classes)
+
+
+def _balanced_subset(records: list[ImageRecord], limit: int | None) -> list[ImageRecord]:
+    """The first `limit` records taken round-robin over classes (deterministic)."""
+    if limit is None or limit >= len(records):
+        return records
+    by_class: dict[int, list[ImageRecord]] = {}
+    for r in records:
+        by_class.setdefault(r.label, []).append(r)
+    queues = [list(v) for _, v in sorted(by_class.items())]
+    out: list[ImageRecord] = []
+    while len(out) < limit:
+        for q in queues:
+            if q and len(out) < limit:
+                out.append(q.pop(0))
+    return out
+
+
+def load_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise MetadataError(f"{path}: image file is missing") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise MetadataError(f"{path}: image cannot be read ({err})") from None
+
+
+def load_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            mask = np.asarray(img.convert("L")) > 127
+    except FileNotFoundError:
+        raise MetadataError(f"{path}: mask file is missing") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise MetadataError(f"{path}: mask cannot be read ({err})") from None
+    if mask.shape != (size[1], size[0]):
+        raise MetadataError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]}, its image is {size[0]}x{size[1]}")
+    return mask
+
+
+class MetadataImages(torch.utils.data.Dataset):
+    """Images of one split. Items are dicts: image float32 [3,S,S] in [0,1], label, index,
+    and for evaluation splits boxes [M,4] (eval frame, inclusive) and/or mask uint8 [E,E]
+    (1 foreground, 0 background, 255 ignore)."""
+
+    def __init__(self, root: Path, records: list[ImageRecord], input_size: int, eval_size: int,
+                 train: bool, with_boxes: bool, with_masks: bool):
+        self.root, self.records = Path(root), records
+        self.input_size, self.eval_size = input_size, eval_size
+        self.train, self.with_boxes, self.with_masks = train, with_boxes, with_masks
+        self.labels = [r.label for r in records]
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        rec = self.records[index]
+        img = load_image(self.root / rec.path)
+        size = img.size
+        if rec.size is not None and rec.size != size:
+            raise MetadataError(f"{self.root / rec.path}: image is {size[0]}x{size[1]} but image_sizes.txt says "
+                                f"{rec.size[0]}x{rec.size[1]}")
+        img = img.resize((self.input_size, self.input_size), Image.BILINEAR)
+        image = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+        if self.train and _random.random() < 0.5:  # seeded per cell by the runner
+            image = image.flip(-1)
+        item = {"image": image, "label": rec.label, "index": index}
+        if self.with_boxes:
+            boxes = torch.tensor(rec.boxes, dtype=torch.float32).reshape(-1, 4)
+            w, h = size
+            for x0, y0, x1, y1 in rec.boxes:
+                if x1 >= w or y1 >= h or x0 < 0 or y0 < 0:
+                    raise MetadataError(f"{self.root / rec.path}: box ({x0},{y0},{x1},{y1}) lies outside "
+                                        f"the {w}x{h} image")
+            scale = torch.tensor([self.eval_size / w, self.eval_size / h] * 2)
+            item["boxes"] = (boxes * scale).floor().clamp(0, self.eval_size - 1)
+        if self.with_masks:
+            item["mask"] = self._mask(rec, size)
+        return item
+
+    def _mask(self, rec: ImageRecord, size: tuple[int, int]) -> torch.Tensor:
+        fg = np.zeros((size[1], size[0]), dtype=bool)
+        for m in rec.masks:
+            fg |= load_mask(self.root / m, size)
+        out = fg.astype(np.uint8)
+        if rec.ignore:
+            out[load_mask(self.root / rec.ignore, size)] = IGNORE
+        resized = Image.fromarray(out).resize((self.eval_size, self.eval_size), Image.NEAREST)
+        return torch.from_numpy(np.asarray(resized).copy())
+
+
+def collate(items: list[dict]) -> dict:
+    out = {"image": torch.stack([it["image"] for it in items]),
+           "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
+           "index": torch.tensor([it["index"] for it in items], dtype=torch.long)}
+    if "boxes" in items[0]:
+        out["boxes"] = [it["boxes"] for it in items]
+    if "mask" in items[0]:
+        out["mask"] = torch.stack([it["mask"] for it in items])
+    return out

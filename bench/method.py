@@ -1,0 +1,63 @@
+"""Method plugins. The base class owns the pipeline; a method overrides one or two hooks.
+
+- `Method.fit(train, val, ctx)`: train what the method trains (default: nothing).
+- `Method.localize(images, labels) -> Localization`: score maps [B,h,w] (any resolution,
+  the evaluator resizes and normalises) and, when the method classifies, logits [B,C].
+- `PostHocCAM`: methods that read the shared stage-1 classifier and only override `cams`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bench.config import EmptyConfig
+
+
+@dataclass
+class Localization:
+    cams: torch.Tensor  # [B, h, w]
+    logits: torch.Tensor | None = None  # [B, num_classes]
+
+
+class Method:
+    name: str = ""
+    tasks: tuple[str, ...] = ("image",)
+    needs: tuple[str, ...] = ()  # "cam-classifier": the shared stage-1 classifier
+    Config = EmptyConfig
+
+    def __init__(self, cfg=None):
+        self.cfg = cfg if cfg is not None else self.Config()
+
+    @classmethod
+    def skip(cls, dataset) -> str | None:
+        """Why this method cannot run on `dataset` (None when it can)."""
+        if dataset.task not in cls.tasks:
+            return f"{cls.name} handles {'/'.join(cls.tasks)} tasks, {dataset.name} is a {dataset.task} dataset"
+        return None
+
+    def fit(self, train, val, ctx) -> None:
+        """Train on `train` (weak labels) with `val` for model selection."""
+
+    def localize(self, images: torch.Tensor, labels: torch.Tensor) -> Localization:
+        raise NotImplementedError
+
+
+class PostHocCAM(Method):
+    """A CAM computed from the shared stage-1 classifier; subclasses override `cams`."""
+
+    needs = ("cam-classifier",)
+    requires_grad = False  # gradient-based CAMs set this
+
+    def fit(self, train, val, ctx) -> None:
+        self.model = ctx.classifier()
+        self.model.eval()
+
+    def localize(self, images, labels):
+        with torch.set_grad_enabled(self.requires_grad):
+            cams, logits = self.cams(self.model, images, labels)
+        return Localization(cams.detach(), logits.detach())
+
+    def cams(self, model, images, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (cams [B,h,w], logits [B,C]) for the ground-truth `labels`."""
+        raise NotImplementedError

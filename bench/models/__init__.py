@@ -1,0 +1,116 @@
+"""Backbones and the CAM classifier built on them.
+
+A backbone is an `nn.Module` mapping images [B,3,H,W] in [0,1] to CAM features [B,C,h,w]
+and exposing `out_channels` and `cam_layer` (the module whose output the CAM methods read:
+no method hard-codes a layer name). `WSOLNet` adds the global-average-pooling + linear head.
+Backbones register with `@register_backbone`; weights come from a local file only."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_backbone(name: str):
+    def wrap(factory):
+        BACKBONES[name] = factory
+        return factory
+
+    return wrap
+
+
+@dataclass
+class ClassifierOutput:
+    logits: torch.Tensor  # [B, num_classes]
+    features: torch.Tensor  # [B, C, h, w] CAM features
+
+
+class WSOLNet(nn.Module):
+    """Backbone + global average pooling + linear classifier (the CAM architecture)."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.classifier = nn.Linear(backbone.out_channels, num_classes)
+        # ImageNet statistics: inputs arrive in [0,1]
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        return self.backbone.cam_layer
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone((images - self.mean) / self.std)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features.mean(dim=(2, 3)))
+
+    def forward(self, images: torch.Tensor) -> ClassifierOutput:
+        features = self.features(images)
+        return ClassifierOutput(self.head(features), features)
+
+    def class_weights(self, classes: torch.Tensor) -> torch.Tensor:
+        return self.classifier.weight[classes]  # [B, C]
+
+    def cam(self, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """fc-CAM: the class's linear weights times the feature maps, summed over channels."""
+        return torch.einsum("bc,bchw->bhw", self.class_weights(classes), features)
+
+
+def build_classifier(backbone: str, num_classes: int, weights: str | Path | None = None) -> WSOLNet:
+    try:
+        factory = BACKBONES[backbone]
+    except KeyError:
+        raise ValueError(f"unknown backbone {backbone!r}; known backbones: {', '.join(sorted(BACKBONES))}") from None
+    net = WSOLNet(factory(), num_classes)
+    if weights is not None:
+        load_backbone_weights(net.backbone, weights)
+    return net
+
+
+def load_backbone_weights(module: nn.Module, path: str | Path) -> None:
+    """Strictly load a state dict from a local file (weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if hasattr(module, "convert_state_dict"):
+        state = module.convert_state_dict(state)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not match the backbone; missing keys: {missing or 'none'}; "
+                         f"unexpected keys: {unexpected or 'none'}")
+
+
+def _conv_bn(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class SmallCNN(nn.Module):
+    """A small VGG-like network for CPU budgets: stride-4 CAM features."""
+
+    def __init__(self, widths=(16, 32, 64, 128)):
+        super().__init__()
+        w1, w2, w3, w4 = widths
+        self.body = nn.Sequential(
+            _conv_bn(3, w1), nn.MaxPool2d(2),
+            _conv_bn(w1, w2), nn.MaxPool2d(2),
+            _conv_bn(w2, w3), _conv_bn(w3, w4),
+        )
+        self.out_channels = w4
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        return self.body[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+register_backbone("small-cnn")(SmallCNN)

@@ -1,0 +1,202 @@
+"""One cell of the grid: a method trained and evaluated on a dataset with a seed."""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+import math
+import platform
+import random
+import subprocess
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import bench
+from bench.config import Budget, config_hash, to_jsonable
+from bench.io import atomic_torch_save, atomic_write_json
+from bench.metrics import BoxEvaluator, MaskEvaluator, normalize_scoremaps
+from bench.models import WSOLNet, build_classifier
+from bench.training import make_loader, train
+
+log = logging.getLogger(__name__)
+RESULT_SCHEMA = 1
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def git_version(root: Path) -> str | None:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if sha.returncode != 0:
+        return None
+    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def file_sha256(path: str | None) -> str | None:
+    if not path or not Path(path).is_file():
+        return None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+@dataclass
+class RunContext:
+    """What a method gets besides its data: device, budget, seed, caches, the dataset plugin."""
+
+    device: torch.device
+    budget: Budget
+    seed: int
+    cache_dir: Path
+    dataset: object  # the Dataset plugin instance
+    splits: object  # bench.dataset.Splits
+    backbone: str = "small-cnn"
+    weights: str | None = None  # local backbone weights file
+    timings: dict = field(default_factory=dict)
+    log: logging.Logger = log
+
+    @property
+    def num_classes(self) -> int:
+        return self.splits.num_classes
+
+    def new_classifier(self) -> WSOLNet:
+        return build_classifier(self.backbone, self.num_classes, self.weights).to(self.device)
+
+    def stage1_key(self) -> dict:
+        b = self.budget
+        return {"dataset": self.dataset.name, "dataset_config": to_jsonable(self.dataset.cfg),
+                "backbone": self.backbone, "weights": file_sha256(self.weights), "seed": self.seed,
+                "epochs": b.stage1_epochs, "batch_size": b.batch_size, "lr": b.lr, "wd": b.weight_decay,
+                "momentum": b.momentum, "max_train_images": b.max_train_images, "input_size": b.input_size,
+                "mixed_precision": b.mixed_precision}
+
+    def classifier(self) -> WSOLNet:
+        """The shared stage-1 CAM classifier for this dataset x backbone x seed, trained once
+        and cached on disk (loaded with weights_only=True)."""
+        key = self.stage1_key()
+        path = self.cache_dir / "stage1" / self.dataset.name / f"{self.backbone}-seed{self.seed}-{config_hash(key)}.pt"
+        model = self.new_classifier()
+        if path.is_file():
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            model.load_state_dict(state["state_dict"])
+            model.eval()
+            return model
+        start = time.perf_counter()
+        seed_everything(self.seed)
+        train(model, model.parameters(), self.splits.train, self.budget, self.device, self.budget.stage1_epochs,
+              self.seed, desc=f"stage-1 {self.dataset.name}/{self.backbone}/seed{self.seed}")
+        atomic_torch_save(path, {"state_dict": model.state_dict(), "key": key})
+        self.timings["stage1_s"] = round(time.perf_counter() - start, 3)
+        model.eval()
+        return model
+
+
+def evaluate(method, split, dataset, budget: Budget, device: torch.device, tau: float | None = None) -> tuple[dict, dict]:
+    """Localize every image of `split` and compute its metrics (PROTOCOL.md §2).
+    Returns (metrics, curves)."""
+    size = (dataset.eval_size, dataset.eval_size)
+    boxes = BoxEvaluator() if getattr(split, "with_boxes", False) else None
+    masks = MaskEvaluator() if getattr(split, "with_masks", False) else None
+    correct = seen = 0
+    loader = make_loader(split, budget.batch_size, shuffle=False, num_workers=budget.num_workers)
+    for batch in loader:
+        images, labels = batch["image"].to(device), batch["label"].to(device)
+        loc = method.localize(images, labels)
+        if loc.cams.dim() != 3 or loc.cams.shape[0] != images.shape[0]:
+            raise ValueError(f"{method.name}.localize returned cams of shape {tuple(loc.cams.shape)}; "
+                             f"expected [{images.shape[0]}, h, w]")
+        maps = normalize_scoremaps(loc.cams.detach().float().cpu(), size)
+        cls_correct = None
+        if loc.logits is not None:
+            cls_correct = (loc.logits.detach().argmax(1) == labels).cpu()
+            correct += int(cls_correct.sum())
+            seen += len(cls_correct)
+        if boxes is not None:
+            boxes.accumulate(maps, batch["boxes"], cls_correct)
+        if masks is not None:
+            masks.accumulate(maps, batch["mask"])
+    metrics: dict = {}
+    curves: dict = {}
+    if boxes is not None:
+        metrics.update(boxes.compute())
+        curves["box"] = boxes.curves()
+    if masks is not None:
+        metrics.update(masks.compute(tau))
+        curves["mask"] = masks.curves()
+    if seen:
+        metrics["Top-1 Cls"] = 100.0 * correct / seen
+    return metrics, curves
+
+
+def result_path(results_dir: Path, dataset: str, method: str, seed: int) -> Path:
+    return Path(results_dir) / dataset / method / f"seed{seed}.json"
+
+
+def cell_config(method_cls, method_cfg, dataset, budget: Budget, seed: int, backbone: str, weights) -> dict:
+    return {"method": method_cls.name, "method_config": to_jsonable(method_cfg), "dataset": dataset.name,
+            "dataset_config": to_jsonable(dataset.cfg), "budget": to_jsonable(budget), "seed": seed,
+            "backbone": backbone, "weights": file_sha256(weights)}
+
+
+def run_cell(method_cls, method_cfg, dataset, budget: Budget, seed: int, *, data_root: Path, results_dir: Path,
+             cache_dir: Path, device: torch.device, backbone: str = "small-cnn", weights=None) -> dict:
+    """Run one cell and write its result atomically; a failure is recorded, not raised."""
+    config = cell_config(method_cls, method_cfg, dataset, budget, seed, backbone, weights)
+    record = {
+        "schema": RESULT_SCHEMA, "method": method_cls.name, "dataset": dataset.name, "seed": seed,
+        "budget": budget.name, "backbone": backbone, "task": dataset.task,
+        "primary_metric": dataset.primary_metric, "config": config, "config_hash": config_hash(config),
+        "code_version": {"wsolbench": bench.__version__, "git": git_version(Path(__file__).parent.parent),
+                         "method_file_sha256": file_sha256(getattr(method_cls, "source_file", None))},
+        "torch": torch.__version__, "device": device_name(device), "extension": bench.EXTENSION_FLAVOUR,
+    }
+    timings: dict = {}
+    start = time.perf_counter()
+    try:
+        seed_everything(seed)
+        splits = dataset.splits(data_root, budget)
+        ctx = RunContext(device=device, budget=budget, seed=seed, cache_dir=Path(cache_dir), dataset=dataset,
+                         splits=splits, backbone=backbone, weights=weights, timings=timings)
+        method = method_cls(method_cfg)
+        t0 = time.perf_counter()
+        method.fit(splits.train, splits.val, ctx)
+        timings["fit_s"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        tau = None
+        if dataset.annotation == "mask":  # Dice / mIoU use the validation-best threshold
+            val_metrics, _ = evaluate(method, splits.val, dataset, budget, device)
+            tau = val_metrics["best_tau"]
+        metrics, _ = evaluate(method, splits.test, dataset, budget, device, tau=tau)
+        timings["eval_s"] = round(time.perf_counter() - t0, 3)
+        bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(f"metrics not finite: {', '.join(bad)}")
+        record.update(status="ok", metrics=metrics, error=None)
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:  # one failing cell is recorded and the grid goes on
+        log.error("cell %s/%s/seed%d failed: %s", dataset.name, method_cls.name, seed, err)
+        record.update(status="failed", metrics={}, error=f"{type(err).__name__}: {err}",
+                      traceback=traceback.format_exc(limit=20))
+    timings["total_s"] = round(time.perf_counter() - start, 3)
+    record["timings"] = timings
+    record["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    atomic_write_json(result_path(results_dir, dataset.name, method_cls.name, seed), record)
+    return record

@@ -1,0 +1,75 @@
+"""Training loops shared by the stage-1 classifier and the methods that train a classifier."""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from bench.dataset import collate
+
+log = logging.getLogger(__name__)
+
+
+def make_loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0, drop_last=False):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate,
+        num_workers=num_workers, drop_last=drop_last and len(dataset) > batch_size,
+        persistent_workers=num_workers > 0, pin_memory=False)
+
+
+def autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def classification_loss(model, images, labels):
+    return F.cross_entropy(model(images).logits, labels)
+
+
+def train(model: torch.nn.Module, params, train_set, budget, device: torch.device, epochs: int, seed: int,
+          loss_fn: Callable = classification_loss, lr: float | None = None, desc: str = "train",
+          on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
+    """SGD (Nesterov momentum, weight decay) with a cosine schedule over `epochs`.
+    `loss_fn(model, images, labels)` returns a scalar or a dict of named terms (summed);
+    returns the mean of each term over the last epoch."""
+    params = [p for p in params if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=lr or budget.lr, momentum=budget.momentum, nesterov=True,
+                                weight_decay=budget.weight_decay)
+    loader = make_loader(train_set, budget.batch_size, shuffle=True, seed=seed, num_workers=budget.num_workers,
+                         drop_last=True)
+    total = max(1, epochs * len(loader))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    model.train()
+    terms: dict[str, float] = {}
+    with tqdm(total=total, desc=desc, leave=False, unit="batch", dynamic_ncols=True) as bar:
+        for epoch in range(epochs):
+            sums: dict[str, float] = {}
+            for batch in loader:
+                images = batch["image"].to(device, non_blocking=True)
+                labels = batch["label"].to(device, non_blocking=True)
+                with autocast(device, budget.mixed_precision):
+                    out = loss_fn(model, images, labels)
+                parts = out if isinstance(out, dict) else {"loss": out}
+                loss = sum(parts.values())
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{desc}: loss became {loss.item()} at epoch {epoch}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss):.3f}")
+            terms = {k: v / max(1, len(loader)) for k, v in sums.items()}
+            log.debug("%s epoch %d: %s", desc, epoch, terms)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, terms)
+    model.eval()
+    return terms

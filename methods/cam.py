@@ -1,0 +1,13 @@
+from bench.method import PostHocCAM
+from bench.registry import register_method
+
+
+@register_method
+class CAM(PostHocCAM):
+    """CAM (Zhou et al., CVPR 2016): the class's linear weights times the last feature maps."""
+
+    name = "cam"
+
+    def cams(self, model, images, labels):
+        out = model(images)
+        return model.cam(out.features, labels), out.logits
