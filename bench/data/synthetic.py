@@ -150,7 +150,9 @@ class SynthTissueConfig:
         larger -> fewer, rounder blobs.
     roi_max_blobs: keep at most this many connected ROI blobs (largest first).
     tumor_h_gain: multiplicative gain of the haematoxylin channel inside the ROI.
-    tumor_e_gain: multiplicative gain of the eosin channel inside the ROI.
+    tumor_e_shift: eosin optical density added inside the ROI (the slide itself carries
+        almost no eosin, so this is a faint pink cast; the global stain_shift is of the
+        same order, so colour alone does not separate the classes).
     tumor_dab_gain: multiplicative gain of the DAB channel inside the ROI.
     tumor_nuclei_density: extra nuclei per pixel inside the ROI.
     tumor_nuclei_radius: range of the sigma (pixels) of an extra nucleus.
@@ -171,12 +173,12 @@ class SynthTissueConfig:
     roi_fraction: Tuple[float, float] = (0.10, 0.40)
     roi_smoothness: float = 9.0
     roi_max_blobs: int = 3
-    tumor_h_gain: Tuple[float, float] = (1.15, 1.4)
-    tumor_e_gain: Tuple[float, float] = (1.0, 1.15)
-    tumor_dab_gain: Tuple[float, float] = (0.6, 0.85)
+    tumor_h_gain: Tuple[float, float] = (1.2, 1.5)
+    tumor_e_shift: Tuple[float, float] = (0.002, 0.007)
+    tumor_dab_gain: Tuple[float, float] = (0.55, 0.8)
     tumor_nuclei_density: float = 0.012
-    tumor_nuclei_radius: Tuple[float, float] = (0.9, 1.6)
-    tumor_nuclei_od: Tuple[float, float] = (0.02, 0.045)
+    tumor_nuclei_radius: Tuple[float, float] = (1.0, 1.8)
+    tumor_nuclei_od: Tuple[float, float] = (0.035, 0.07)
     edge_softness: float = 1.0
     noise_std: float = 3.0
 
@@ -470,7 +472,7 @@ def _tissue_sample(cfg: SynthTissueConfig, cls: int, split: str, idx: int):
             if cfg.edge_softness > 0 else mask.astype(np.float32)
         tumor = crop.copy()
         tumor[..., 0] *= _u(rng, cfg.tumor_h_gain)
-        tumor[..., 1] *= _u(rng, cfg.tumor_e_gain)
+        tumor[..., 1] += _u(rng, cfg.tumor_e_shift)
         tumor[..., 2] *= _u(rng, cfg.tumor_dab_gain)
         # extra nuclei: Poisson points blurred into small dark haematoxylin blobs
         n = rng.poisson(cfg.tumor_nuclei_density * S * S)
