@@ -257,7 +257,9 @@ def _to_u8(img: np.ndarray) -> np.ndarray:
 
 def _save_png(arr: np.ndarray, path: Path, mode: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr, mode=mode).save(path, format="PNG", optimize=False, compress_level=6)
+    img = Image.fromarray(np.ascontiguousarray(arr))
+    assert img.mode == mode, (img.mode, mode)
+    img.save(path, format="PNG", optimize=False, compress_level=6)
 
 
 def _hsv_color(h: float, s: float, v: float) -> np.ndarray:
