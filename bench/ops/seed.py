@@ -22,9 +22,10 @@ values are clamped), with no Python loop over images:
    becomes ignore.
 
 Output ``labels [B, H, W]``: 1 = foreground, 0 = background, :data:`IGNORE` (255) elsewhere.
-Sampling without replacement uses exponential keys (``-E / w``, the k largest win), so the
-result is a deterministic function of the generator state; pass a ``torch.Generator`` on the
-CAMs' device.
+Sampling without replacement uses random keys (``log(u) / w``, u uniform, the k largest win),
+so the result is a deterministic function of the generator state; pass a ``torch.Generator``
+on the CAMs' device. Dilation paints the 3x3 neighbourhoods of the drawn indices directly
+(no dense pooling); erosion is separable.
 """
 from __future__ import annotations
 
@@ -90,16 +91,17 @@ def quantize(cams: Tensor) -> Tensor:
 def otsu_threshold(cams: Tensor) -> Tensor:
     """Per-map Otsu threshold ``[B]`` (int64 in [0, 255]) of the uint8-quantised maps."""
     _check_cams(cams)
-    B = cams.shape[0]
-    q = quantize(cams).flatten(1)
-    N = q.shape[1]
-    hist = torch.zeros(B, 256, dtype=torch.float64, device=cams.device)
+    return _otsu_from_levels(quantize(cams).flatten(1))
+
+
+def _otsu_from_levels(q: Tensor) -> Tensor:
+    B, N = q.shape
+    hist = torch.zeros(B, 256, dtype=torch.float64, device=q.device)
     hist.scatter_add_(1, q, torch.ones_like(q, dtype=torch.float64))
-    levels = torch.arange(256, dtype=torch.float64, device=cams.device)
+    levels = torch.arange(256, dtype=torch.float64, device=q.device)
     c0 = hist.cumsum(1)
-    m0 = (hist * levels).cumsum(1)
+    mu = (hist * levels).cumsum(1) / N
     w0 = c0 / N
-    mu = m0 / N
     mu_t = mu[:, -1:]
     valid = (c0 > 0) & (c0 < N)
     den = torch.where(valid, w0 * (1 - w0), torch.ones_like(w0))
@@ -108,22 +110,57 @@ def otsu_threshold(cams: Tensor) -> Tensor:
     return torch.where(valid.any(1), t, torch.full_like(t, 255))
 
 
-def _draw(weights: Tensor, k: int, generator: Optional[torch.Generator]) -> tuple[Tensor, Tensor]:
-    """k indices per row without replacement, P proportional to weights (>= 0)."""
+def _draw(weights: Tensor, k: int, generator: Optional[torch.Generator], uniform: bool = False) -> tuple[Tensor, Tensor]:
+    """k indices per row without replacement, P proportional to weights (>= 0).
+
+    Keys ``log(u) / w`` with u uniform in (0, 1] (the k largest win: Efraimidis-Spirakis);
+    for 0/1 weights (``uniform``) the key is u itself, the same order without the log."""
     B, N = weights.shape
     k = min(k, N)
     if k == 0:
         empty = torch.zeros(B, 0, dtype=torch.int64, device=weights.device)
         return empty, empty.bool()
-    e = torch.empty(B, N, dtype=torch.float32, device=weights.device).exponential_(generator=generator)
+    u = torch.empty(B, N, dtype=torch.float32, device=weights.device).uniform_(generator=generator)
+    u = 1.0 - u  # (0, 1]
     w = weights.float()
-    key = torch.where(w > 0, -e / w.clamp_min(torch.finfo(torch.float32).tiny), torch.full_like(e, -math.inf))
+    if uniform:
+        key = torch.where(w > 0, u, torch.full_like(u, -math.inf))
+    else:
+        key = torch.where(w > 0, u.log_() / w.clamp_min(torch.finfo(torch.float32).tiny), torch.full_like(u, -math.inf))
     vals, idx = key.topk(k, dim=1)
     return idx, vals > -math.inf
 
 
-def _dilate(mask: Tensor) -> Tensor:
-    return F.max_pool2d(mask[:, None].float(), 3, stride=1, padding=1)[:, 0] > 0
+def _paint(idx: Tensor, ok: Tensor, H: int, W: int, dilate: bool) -> Tensor:
+    """Boolean [B, H, W] mask of the drawn pixels, each grown to its 3x3 neighbourhood when
+    ``dilate`` (clipped at the border). Writes only True values (order-independent)."""
+    B = idx.shape[0]
+    N = H * W
+    if dilate and idx.shape[1] > 0:
+        y, x = (idx // W)[..., None], (idx % W)[..., None]
+        d = torch.tensor([-1, 0, 1], device=idx.device)
+        ny = (y + d.repeat_interleave(3)).view(B, -1, 9)
+        nx = (x + d.repeat(3)).view(B, -1, 9)
+        ok = ok[..., None] & (ny >= 0) & (ny < H) & (nx >= 0) & (nx < W)
+        idx = ny * W + nx
+    target = torch.where(ok, idx, torch.full_like(idx, N)).reshape(B, -1)  # spare column N
+    mask = torch.zeros(B, N + 1, dtype=torch.bool, device=idx.device)
+    mask.scatter_(1, target, True)
+    return mask[:, :N].view(B, H, W)
+
+
+def _erode(roi: Tensor, k: int) -> Tensor:
+    """k x k erosion, separable, pixels outside the image counting as ROI."""
+    B, H, W = roi.shape
+    p = k // 2
+    x = F.pad(roi.to(torch.uint8), (p, p, p, p), value=1)
+    rows = x[:, 0:H].clone()
+    for i in range(1, k):
+        rows &= x[:, i : i + H]
+    out = rows[:, :, 0:W].clone()
+    for j in range(1, k):
+        out &= rows[:, :, j : j + W]
+    return out.bool()
 
 
 def make_seeds(
@@ -143,17 +180,15 @@ def make_seeds(
         raise ValueError(f"make_seeds: dtype must be torch.int64 or torch.uint8, got {dtype}")
     B, H, W = cams.shape
     N = H * W
-    x = torch.nan_to_num(cams, nan=0.0).clamp(0, 1)
-    flat = x.reshape(B, N)
-    t = otsu_threshold(x)
-    roi = quantize(x) > t[:, None, None]
+    flat = torch.nan_to_num(cams, nan=0.0).clamp(0, 1).reshape(B, N)
+    q = (flat * 255).floor().long()
+    t = _otsu_from_levels(q)
+    roi_flat = q > t[:, None]
     if cfg.erode_size > 1:
-        k = cfg.erode_size
-        roi = -F.max_pool2d(-roi[:, None].float(), k, stride=1, padding=k // 2)[:, 0] > 0
-    roi_flat = roi.reshape(B, N)
+        roi_flat = _erode(roi_flat.view(B, H, W), cfg.erode_size).view(B, N)
 
     if cfg.fg_mode == "uniform":
-        w_fg = roi_flat.float()
+        w_fg = roi_flat
     elif cfg.fg_mode == "proportional":
         w_fg = flat * roi_flat
     else:  # "top": ceil(top_fraction * |ROI|) highest values, weighted by value
@@ -162,19 +197,18 @@ def make_seeds(
         ranked = torch.where(roi_flat, flat, torch.full_like(flat, -math.inf)).sort(1, descending=True).values
         thr = ranked.gather(1, (kk - 1)[:, None])
         w_fg = flat * (roi_flat & (flat >= thr))
-    fg_idx, fg_ok = _draw(w_fg, cfg.n_fg, generator)
+    fg_idx, fg_ok = _draw(w_fg, cfg.n_fg, generator, uniform=cfg.fg_mode == "uniform")
 
     k_bg = min(N, max(1, math.ceil(cfg.bg_fraction * N)))
     bg_thr = flat.kthvalue(k_bg, dim=1, keepdim=True).values
-    bg_idx, bg_ok = _draw((flat <= bg_thr).float(), cfg.n_bg, generator)
+    bg_idx, bg_ok = _draw(flat <= bg_thr, cfg.n_bg, generator, uniform=True)
 
-    fg = torch.zeros(B, N, dtype=torch.bool, device=cams.device).scatter_(1, fg_idx, fg_ok).view(B, H, W)
-    bg = torch.zeros(B, N, dtype=torch.bool, device=cams.device).scatter_(1, bg_idx, bg_ok).view(B, H, W)
-    if cfg.dilate:
-        fg, bg = _dilate(fg), _dilate(bg)
+    fg = _paint(fg_idx, fg_ok, H, W, cfg.dilate)
+    bg = _paint(bg_idx, bg_ok, H, W, cfg.dilate)
     labels = torch.full((B, H, W), IGNORE, dtype=dtype, device=cams.device)
-    labels = torch.where(fg & ~bg, torch.ones_like(labels), labels)
-    labels = torch.where(bg & ~fg, torch.zeros_like(labels), labels)
+    labels.masked_fill_(fg & ~bg, 1)
+    labels.masked_fill_(bg & ~fg, 0)
+    roi = roi_flat.view(B, H, W)
     if return_info:
         return labels, SeedInfo(t, roi, fg_idx, fg_ok, bg_idx, bg_ok)
     return labels
