@@ -89,18 +89,41 @@ void tmp_forward_kernel(const at::Tensor& cams, const at::Tensor& shots, at::Ten
     const scalar_t* mb = reweight ? mxp + b * T : nullptr;
     scalar_t* yo = y + m * hw;
     int32_t* wo = win + m * hw;
-    for (int64_t p = 0; p < hw; ++p) {
-      scalar_t best = value_at(xb, mb, reweight, hh, lo, hw, p);
-      int64_t w = lo;
+    // Pixel chunks kept in L1: the running max starts as frame lo, then each later frame of
+    // the window is folded in with a branch-free compare/select (vectorisable).
+    constexpr int64_t kChunk = 1024;
+    for (int64_t p0 = 0; p0 < hw; p0 += kChunk) {
+      const int64_t len = hw - p0 < kChunk ? hw - p0 : kChunk;
+      scalar_t* __restrict__ yc = yo + p0;
+      int32_t* __restrict__ wc = wo + p0;
+      const scalar_t* x0 = xb + lo * hw + p0;
+      if (reweight) {
+        const scalar_t pk = mb[lo];
+        for (int64_t j = 0; j < len; ++j) yc[j] = std::exp(hh * (x0[j] - pk));
+      } else {
+        for (int64_t j = 0; j < len; ++j) yc[j] = x0[j];
+      }
+      for (int64_t j = 0; j < len; ++j) wc[j] = static_cast<int32_t>(lo);
       for (int64_t s = lo + 1; s <= hi; ++s) {
-        const scalar_t v = value_at(xb, mb, reweight, hh, s, hw, p);
-        if (v > best) {
-          best = v;
-          w = s;
+        const scalar_t* __restrict__ xs = xb + s * hw + p0;
+        const int32_t si = static_cast<int32_t>(s);
+        if (reweight) {
+          const scalar_t pk = mb[s];
+          for (int64_t j = 0; j < len; ++j) {
+            const scalar_t v = std::exp(hh * (xs[j] - pk));
+            const bool gt = v > yc[j];
+            yc[j] = gt ? v : yc[j];
+            wc[j] = gt ? si : wc[j];
+          }
+        } else {
+          for (int64_t j = 0; j < len; ++j) {
+            const scalar_t v = xs[j];
+            const bool gt = v > yc[j];
+            yc[j] = gt ? v : yc[j];
+            wc[j] = gt ? si : wc[j];
+          }
         }
       }
-      yo[p] = best;
-      wo[p] = static_cast<int32_t>(w);
     }
     if (normalize) {
       scalar_t lo_v = yo[0], hi_v = yo[0];
