@@ -11,6 +11,9 @@
 namespace wsolbench {
 namespace {
 
+// Below this much work the kernels run on the calling thread (fork/join would dominate).
+constexpr int64_t kParallelMin = 1 << 16;
+
 void check_classifier(const char* op, const at::Tensor& f, const at::Tensor& w,
                       const at::Tensor& b) {
   TORCH_CHECK(f.dim() == 4, op, ": features must be [B, C, h, w], got shape ", f.sizes());
@@ -51,7 +54,7 @@ void probs_kernel(const at::Tensor& f, const at::Tensor& w, const at::Tensor& bi
   scalar_t* Y = out.data_ptr<scalar_t>();
   constexpr int64_t kTile = 64;
   const int64_t ntile = (hw + kTile - 1) / kTile;
-#pragma omp parallel
+#pragma omp parallel if (B * C * hw > kParallelMin)
   {
     std::vector<scalar_t> acc(K * kTile);
 #pragma omp for schedule(static)
@@ -145,7 +148,7 @@ void seed_ce_kernel(const at::Tensor& f, const at::Tensor& w, const at::Tensor& 
   const scalar_t* W = w.data_ptr<scalar_t>();
   const scalar_t* bb = bias.data_ptr<scalar_t>();
   double total = 0;
-#pragma omp parallel reduction(+ : total)
+#pragma omp parallel reduction(+ : total) if (S * C * K > kParallelMin)
   {
     std::vector<double> z(K);
 #pragma omp for schedule(static)
@@ -191,7 +194,7 @@ void seed_ce_backward_kernel(double scale, const at::Tensor& f, const at::Tensor
   std::vector<double> dz(S * K);
   // d loss / d z = (softmax(z) - onehot(y)) * scale; the seeds' feature gradients are W^T dz
   // (every seed owns its pixel: no two iterations write the same element).
-#pragma omp parallel
+#pragma omp parallel if (S * C * K > kParallelMin)
   {
     std::vector<double> z(K);
 #pragma omp for schedule(static)
@@ -213,7 +216,7 @@ void seed_ce_backward_kernel(double scale, const at::Tensor& f, const at::Tensor
     }
   }
   // Weight gradient: threads own channels.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (S * C * K > kParallelMin)
   for (int64_t c = 0; c < C; ++c) {
     for (int64_t k = 0; k < K; ++k) {
       double v = 0;

@@ -10,6 +10,10 @@
 namespace wsolbench {
 namespace {
 
+// Below this many elements the work runs on the calling thread: OpenMP fork/join costs more
+// than it saves, and much more when the cores are oversubscribed.
+constexpr int64_t kParallelMin = 1 << 16;
+
 void check_args(const at::Tensor& cams, int64_t n, int64_t direction) {
   TORCH_CHECK(cams.dim() == 4, "temporal_max_pool: cams must be [B, T, H, W], got shape ",
               cams.sizes());
@@ -43,7 +47,7 @@ void map_max(const scalar_t* x, int64_t maps, int64_t hw, std::vector<scalar_t>&
              std::vector<int64_t>& arg) {
   mx.assign(maps, scalar_t(0));
   arg.assign(maps, 0);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (maps * hw > kParallelMin)
   for (int64_t m = 0; m < maps; ++m) {
     const scalar_t* row = x + m * hw;
     scalar_t best = row[0];
@@ -80,7 +84,7 @@ void tmp_forward_kernel(const at::Tensor& cams, const at::Tensor& shots, at::Ten
   if (reweight) map_max(x, B * T, hw, mx, arg);
   const scalar_t* mxp = reweight ? mx.data() : nullptr;
 
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (B * T * hw > kParallelMin)
   for (int64_t m = 0; m < B * T; ++m) {
     const int64_t b = m / T, t = m % T;
     int64_t lo, hi;
@@ -188,7 +192,7 @@ void tmp_backward_kernel(const at::Tensor& cams, const at::Tensor& g, const at::
   std::vector<scalar_t> inv_d(B * T, scalar_t(1)), c_mx(B * T, 0), c_mn(B * T, 0);
   std::vector<int64_t> p_mx(B * T, -1), p_mn(B * T, -1);
   if (normalize) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (B * T * hw > kParallelMin)
     for (int64_t m = 0; m < B * T; ++m) {
       const int64_t b = m / T;
       const scalar_t* xb = x + b * T * hw;
@@ -225,7 +229,7 @@ void tmp_backward_kernel(const at::Tensor& cams, const at::Tensor& g, const at::
   // walk the frames, so no two threads write the same element.
   constexpr int64_t kBlock = 4096;
   const int64_t nblk = (hw + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (B * T * hw > kParallelMin)
   for (int64_t job = 0; job < B * nblk; ++job) {
     const int64_t b = job / nblk, p0 = (job % nblk) * kBlock;
     const int64_t p1 = p0 + kBlock < hw ? p0 + kBlock : hw;
@@ -248,7 +252,7 @@ void tmp_backward_kernel(const at::Tensor& cams, const at::Tensor& g, const at::
   // Re-weighting r = exp(h (c - max c)): dr/dc = h r at the pixel, and the max pixel gets
   // minus the sum of those terms (r does not change when c shifts by a constant).
   if (reweight) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (B * T * hw > kParallelMin)
     for (int64_t m = 0; m < B * T; ++m) {
       scalar_t* gm = gx + m * hw;
       const scalar_t* xm = x + m * hw;
