@@ -147,3 +147,12 @@ def test_cuda_gradcheck_and_opcheck():
     assert torch.autograd.gradcheck(lambda *a: pixel_seed_ce(*a, labels), args)
     torch.library.opcheck(torch.ops.wsolbench.pixel_seed_ce.default, (*args, labels, 255))
     torch.library.opcheck(torch.ops.wsolbench.pixel_classifier_probs.default, (f.detach(), w.detach(), b.detach(), -1))
+
+
+def test_fallback_without_extension(monkeypatch):
+    import bench.ops.pixel_classifier as mod
+
+    f, w, b, labels = _inputs()
+    monkeypatch.setattr(mod, "has_op", lambda name: False)
+    torch.testing.assert_close(mod.pixel_seed_ce(f, w, b, labels), pixel_seed_ce_reference(f, w, b, labels))
+    torch.testing.assert_close(mod.pixel_classifier_probs(f, w, b, 1), pixel_classifier_probs_reference(f, w, b, 1))

@@ -137,3 +137,30 @@ def test_cuda_gradcheck_and_opcheck():
     fn = lambda c: temporal_max_pool(c, shots, 1, "both", 2.0, True)[0]
     assert torch.autograd.gradcheck(fn, (cams,), eps=1e-6, atol=1e-5)
     torch.library.opcheck(torch.ops.wsolbench.temporal_max_pool.default, (cams, shots, 1, 2, True, 2.0, True))
+
+
+@needs_op
+def test_whole_clip_low_res():
+    g = torch.Generator().manual_seed(4)
+    cams = torch.rand(1, 40, 7, 7, generator=g)
+    shots = torch.repeat_interleave(torch.tensor([3, 1, 4, 1, 5]), torch.tensor([9, 1, 12, 8, 10]))[None]
+    for direction in ("before", "after", "both"):
+        out, win = temporal_max_pool(cams, shots, 3, direction, 2.0, True)
+        ref, rwin = temporal_max_pool_reference(cams, shots, 3, direction, 2.0, True)
+        torch.testing.assert_close(out, ref)
+        assert torch.equal(win, rwin)
+        # the winner always shares the frame's shot and stays within n frames
+        t = torch.arange(40)[None, :, None, None]
+        assert bool(((win - t).abs() <= 3).all())
+        assert torch.equal(shots[0][win.long()], shots[0][t.expand_as(win)])
+
+
+def test_fallback_without_extension(monkeypatch):
+    import bench.ops.temporal_max_pool as mod
+
+    cams, shots = _inputs()
+    expected = temporal_max_pool_reference(cams, shots, 1, "both", 2.0, True)
+    monkeypatch.setattr(mod, "has_op", lambda name: False)
+    out, win = mod.temporal_max_pool(cams, shots, 1, "both", 2.0, True)
+    torch.testing.assert_close(out, expected[0])
+    assert torch.equal(win, expected[1])
