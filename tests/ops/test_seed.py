@@ -163,3 +163,26 @@ def test_cuda_seeds(mode):
     assert bool(info.roi[labels == 1].all())
     g2 = torch.Generator(device="cuda").manual_seed(3)
     assert torch.equal(make_seeds(cams.cuda(), cfg, g2), labels)
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_erosion_matches_min_pool(k):
+    from bench.ops.seed import _erode
+
+    roi = torch.rand(3, 17, 13, generator=torch.Generator().manual_seed(k)) > 0.2
+    ref = -torch.nn.functional.max_pool2d(-roi[:, None].float(), k, stride=1, padding=k // 2)[:, 0] > 0
+    assert torch.equal(_erode(roi, k), ref)
+
+
+def test_dilation_matches_max_pool():
+    from bench.ops.seed import _paint
+
+    g = torch.Generator().manual_seed(0)
+    idx = torch.stack([torch.randperm(11 * 9, generator=g)[:6] for _ in range(4)])
+    ok = torch.rand(4, 6, generator=g) > 0.3
+    dense = torch.zeros(4, 11 * 9, dtype=torch.bool)
+    for b in range(4):
+        dense[b, idx[b][ok[b]]] = True
+    ref = torch.nn.functional.max_pool2d(dense.view(4, 1, 11, 9).float(), 3, stride=1, padding=1)[:, 0] > 0
+    assert torch.equal(_paint(idx, ok, 11, 9, True), ref)
+    assert torch.equal(_paint(idx, ok, 11, 9, False), dense.view(4, 11, 9))
