@@ -1,0 +1,10 @@
+import pytest
+import torch
+
+from bench.profiling import ProfileTable, load_profiles
+
+
+@pytest.mark.parametrize("name", ["tmp", "pixel", "seed"])
+def test_small_profile_runs(name):
+    tables = load_profiles()[name](torch.device("cpu"), "small")
+    assert tables and all(isinstance(t, ProfileTable) and t.rows for t in tables)
