@@ -82,7 +82,7 @@ def render_markdown(records: list[dict]) -> str:
         body = [[rank, row["method"], *(_fmt(row.get(m)) for m in metrics), len(row["seeds"]), f"{row['fit_s']:.1f}"]
                 for rank, row in enumerate(rows, start=1)]
         lines += [f"## {dataset}", "", f"Ranked by {primary} (%).", "",
-                  tabulate(body, headers=["#", "method", *metrics, "seeds", "fit s"], tablefmt="github"), ""]
+                  tabulate(body, headers=["#", "method", *metrics, "seeds", "fit s"], tablefmt="github", disable_numparse=True), ""]
     failed = [r for r in records if r.get("status") != "ok"]
     if failed:
         lines += ["## Failed cells", ""]

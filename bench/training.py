@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from typing import Callable
 
 import torch
@@ -49,7 +50,7 @@ def train(model: torch.nn.Module, params, train_set, budget, device: torch.devic
     terms: dict[str, float] = {}
     with tqdm(total=total, desc=desc, leave=False, unit="batch", dynamic_ncols=True) as bar:
         for epoch in range(epochs):
-            sums: dict[str, float] = {}
+            sums: dict = {}
             for batch in loader:
                 images = batch["image"].to(device, non_blocking=True)
                 labels = batch["label"].to(device, non_blocking=True)
@@ -57,17 +58,17 @@ def train(model: torch.nn.Module, params, train_set, budget, device: torch.devic
                     out = loss_fn(model, images, labels)
                 parts = out if isinstance(out, dict) else {"loss": out}
                 loss = sum(parts.values())
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{desc}: loss became {loss.item()} at epoch {epoch}")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
                 for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                    sums[k] = sums.get(k, 0.0) + v.detach()  # stays on device: no sync per step
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss):.3f}")
-            terms = {k: v / max(1, len(loader)) for k, v in sums.items()}
+            terms = {k: float(v) / max(1, len(loader)) for k, v in sums.items()}
+            if not all(map(math.isfinite, terms.values())):
+                raise FloatingPointError(f"{desc}: loss not finite in epoch {epoch}: {terms}")
+            bar.set_postfix(epoch=epoch, loss=f"{sum(terms.values()):.3f}")
             log.debug("%s epoch %d: %s", desc, epoch, terms)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, terms)

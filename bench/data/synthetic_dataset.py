@@ -1,0 +1,30 @@
+"""The base of the embedded synthetic datasets: generated on the spot into the metadata
+format, then read through the same loader as the real datasets."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.data.synthetic import prepare
+from bench.dataset import MetadataDataset
+
+
+class SyntheticDataset(MetadataDataset):
+    synthetic = True
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.cfg.class_names())
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.image_size
+
+    @property
+    def eval_size(self) -> int:
+        return self.cfg.image_size
+
+    def missing(self, data_root: Path) -> str | None:
+        return None  # generated on demand
+
+    def prepare(self, data_root: Path) -> None:
+        prepare(self.name, Path(data_root), self.cfg)

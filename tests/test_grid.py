@@ -1,0 +1,128 @@
+"""Grid runner: resume after a kill, failures recorded, determinism, CLI errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench.cli import main
+from bench.config import BUDGETS
+from bench.grid import Cell, build_cells, run_grid
+from bench.method import Localization, Method
+from bench.registry import REPO_ROOT
+from bench.training import train
+from tests.conftest import set_flags
+from tests.harness import SMOKE, run_small_cell, small_dataset
+
+
+class Boom(Method):
+    name = "boom"
+
+    def fit(self, train_set, val, ctx):
+        raise RuntimeError("deliberate failure in fit")
+
+
+class NaNLoss(Method):
+    name = "nan-loss"
+
+    def fit(self, train_set, val, ctx):
+        model = ctx.new_classifier()
+        train(model, model.parameters(), train_set, ctx.budget, ctx.device, 1, ctx.seed,
+              loss_fn=lambda m, x, y: m(x).logits.sum() * float("nan"))
+
+    def localize(self, images, labels):
+        return Localization(images.mean(1))
+
+
+def test_same_seed_gives_identical_metrics(shared_dirs, tmp_path):
+    dirs_a = {"data": shared_dirs["data"], "cache": tmp_path / "cache_a"}
+    dirs_b = {"data": shared_dirs["data"], "cache": tmp_path / "cache_b"}
+    a = run_small_cell("cam", "synth-objects", 3, dirs_a, tmp_path / "a")
+    b = run_small_cell("cam", "synth-objects", 3, dirs_b, tmp_path / "b")
+    assert a["status"] == b["status"] == "ok"
+    assert a["metrics"] == b["metrics"]
+    assert a["config_hash"] == b["config_hash"]
+
+
+def test_failing_cells_are_recorded_and_the_grid_goes_on(shared_dirs, tmp_path):
+    ds = small_dataset("synth-objects")
+    cells = [Cell(Boom, Boom.Config(), ds, 0), Cell(NaNLoss, NaNLoss.Config(), ds, 0)]
+    cells += build_cells(["center"], ["synth-objects"], [0], SMOKE, shared_dirs["data"],
+                         {"synth-objects": {"n_train": "12", "n_val": "2", "n_test": "4", "image_size": "64"}})[0]
+    report = run_grid(cells, SMOKE, data_root=shared_dirs["data"], results_dir=tmp_path, cache_dir=shared_dirs["cache"],
+                      device=torch.device("cpu"))
+    assert report.failed == ["synth-objects/boom/seed0", "synth-objects/nan-loss/seed0"]
+    assert report.ran == ["synth-objects/center/seed0"]
+    boom = json.loads((tmp_path / "synth-objects" / "boom" / "seed0.json").read_text())
+    assert boom["status"] == "failed" and "deliberate failure in fit" in boom["error"]
+    nan = json.loads((tmp_path / "synth-objects" / "nan-loss" / "seed0.json").read_text())
+    assert nan["status"] == "failed" and "not finite" in nan["error"]
+    # failed cells are retried on the next run, finished ones are not
+    again = run_grid(cells, SMOKE, data_root=shared_dirs["data"], results_dir=tmp_path, cache_dir=shared_dirs["cache"],
+                     device=torch.device("cpu"))
+    assert len(again.resumed) == 1 and len(again.failed) == 2
+
+
+def _cli(args, env, **kw):
+    return subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=REPO_ROOT, env=env, **kw)
+
+
+def test_killed_run_resumes_without_redoing_finished_cells(shared_dirs, tmp_path):
+    results = tmp_path / "results"
+    args = ["run", "--methods", "center,random", "--datasets", "synth-objects,synth-tissue", "--seeds", "0,1",
+            "--budget", "smoke", "--data-root", str(shared_dirs["data"]), "--cache-dir", str(tmp_path / "cache"),
+            "--results", str(results), *[x for f in set_flags() for x in ("--set", f)]]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = _cli(args, env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(results.glob("*/*/seed*.json"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = {p: p.stat().st_mtime_ns for p in results.glob("*/*/seed*.json")}
+    assert 2 <= len(done_before) < 8, "the kill should land half-way through the 8 cells"
+    out = subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO_ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert f"resumed {len(done_before)}" in out.stdout
+    assert {p: p.stat().st_mtime_ns for p in done_before} == done_before  # not rewritten
+    assert len(list(results.glob("*/*/seed*.json"))) == 8
+    assert not list(results.rglob("*.tmp")), "no half-written file is left behind"
+    table = (tmp_path / "README.md").read_text()
+    assert "## synth-objects" in table and "## synth-tissue" in table
+
+
+def test_unknown_names_list_the_known_ones(capsys):
+    assert main(["run", "--methods", "no-such-method", "--budget", "smoke"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'no-such-method'" in err and "cam" in err and "center" in err
+    assert main(["run", "--all", "--budget", "nope"]) == 2
+    assert "known budgets: smoke, quick, paper" in capsys.readouterr().err
+    assert main(["run", "--all", "--set", "cam.nothing=1", "--budget", "smoke"]) == 2
+    assert "cam has no setting 'nothing'" in capsys.readouterr().err
+
+
+def test_exit_status_says_a_cell_failed(shared_dirs, tmp_path, monkeypatch):
+    plugin_dir = tmp_path / "plugins"
+    plugin_dir.mkdir()
+    (plugin_dir / "explode.py").write_text(
+        "from bench.method import Method\nfrom bench.registry import register_method\n\n"
+        "@register_method\nclass Explode(Method):\n    name = 'explode-test'\n\n"
+        "    def fit(self, train, val, ctx):\n        raise ValueError('kaboom')\n")
+    monkeypatch.setenv("WSOLBENCH_PLUGINS", str(plugin_dir))
+    from bench import registry
+    try:
+        code = main(["run", "--methods", "explode-test,center", "--datasets", "synth-objects", "--seeds", "0",
+                     "--budget", "smoke", "--data-root", str(shared_dirs["data"]), "--cache-dir",
+                     str(shared_dirs["cache"]), "--results", str(tmp_path / "r"),
+                     *[x for f in set_flags() for x in ("--set", f) if not f.startswith("synth-tissue")]])
+    finally:
+        registry.METHODS.pop("explode-test", None)
+    assert code == 1
+    assert json.loads((tmp_path / "r" / "synth-objects" / "explode-test" / "seed0.json").read_text())["error"] == \
+        "ValueError: kaboom"
+    assert json.loads((tmp_path / "r" / "synth-objects" / "center" / "seed0.json").read_text())["status"] == "ok"
