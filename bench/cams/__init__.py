@@ -1,0 +1,10 @@
+"""CAM extraction shared by the CAM-family methods.
+
+- `gradients`: activations of `model.cam_layer` and the gradients of the ground-truth class
+  score with respect to them (gradient CAMs: GradCAM, GradCAM++, XGradCAM, LayerCAM, ...).
+- `trained`: the base of the WSOL baselines that train their own classifier, then read a CAM.
+"""
+from bench.cams.gradients import activations_and_grads, capture_activations, class_scores, weighted_sum
+from bench.cams.trained import TrainedCAM
+
+__all__ = ["activations_and_grads", "capture_activations", "class_scores", "weighted_sum", "TrainedCAM"]
