@@ -64,3 +64,12 @@ def weighted_sum(weights: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
     else:
         cam = (weights * acts).sum(1)
     return torch.relu(cam)
+
+
+def gradcampp_weights(acts, g1, g2, g3):
+    """Grad-CAM++ channel weights from the first three derivatives of exp(score) (divided by
+    exp(score), a positive per-image factor that cancels in alpha and only scales the map):
+    alpha = g^2 / (2 g^2 + sum_ij A g^3), w_k = sum_ij alpha ReLU(g)."""
+    denom = 2 * g2 + (acts.sum(dim=(2, 3), keepdim=True) * g3)
+    alpha = g2 / torch.where(denom != 0, denom, torch.ones_like(denom))
+    return (alpha * torch.relu(g1)).sum(dim=(2, 3))
