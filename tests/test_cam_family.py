@@ -92,15 +92,20 @@ def test_layercam_with_positive_weights_is_the_unpooled_gradcam_map():
     assert_positive_multiple(layer, fitted("gradcam", model).localize(images, labels).cams)
 
 
-def test_gradcampp_with_constant_gradients_is_a_positive_multiple_of_gradcam():
-    # With d y/dA = w_c/(hw) constant, alpha is constant per channel and the weights are
-    # ReLU(w_c) times a positive per-channel factor; with positive weights and equal
-    # channel totals it is proportional to Grad-CAM. Here: the weaker check of support.
-    model = small_model(positive_weights=True)
+def test_gradcampp_matches_its_closed_form_on_gap_linear_head():
+    # d y/dA_k = g_k = w_ck/(hw) at every pixel, so alpha_k = 1 / (2 + g_k sum_ij A_k) and
+    # w_k = hw ReLU(g_k) alpha_k; cam = ReLU(sum_k w_k A_k).
+    model = small_model()
     images, labels = inputs()
     pp = fitted("gradcampp", model).localize(images, labels).cams
-    g = fitted("gradcam", model).localize(images, labels).cams
-    assert ((pp > 0) == (g > 0)).all()
+    with torch.no_grad():
+        feats = model.features(images)
+        h, w = feats.shape[-2:]
+        g = model.class_weights(labels) / (h * w)
+        alpha = 1 / (2 + g * feats.sum(dim=(2, 3)))
+        weights = h * w * torch.relu(g) * alpha
+        expected = torch.relu(torch.einsum("bk,bkhw->bhw", weights, feats))
+    torch.testing.assert_close(pp, expected, rtol=1e-9, atol=1e-14)
 
 
 class OneChannel(nn.Module):

@@ -6,6 +6,6 @@
 """
 from bench.cams.gradients import (activations_and_grads, capture_activations, class_scores, gradcampp_weights,
                                   weighted_sum)
-from bench.cams.trained import TrainedCAM
+from bench.cams.trained import TrainedCAM, cam_layer_transform, normalize_maps
 
-__all__ = ["activations_and_grads", "capture_activations", "class_scores", "gradcampp_weights", "weighted_sum", "TrainedCAM"]
+__all__ = ["activations_and_grads", "capture_activations", "class_scores", "gradcampp_weights", "weighted_sum", "TrainedCAM", "cam_layer_transform", "normalize_maps"]

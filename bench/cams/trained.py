@@ -61,3 +61,18 @@ def normalize_maps(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     lo = flat.min(1).values.view(-1, 1, 1)
     hi = flat.max(1).values.view(-1, 1, 1)
     return (maps - lo) / (hi - lo).clamp_min(eps)
+
+
+@contextlib.contextmanager
+def cam_layer_transform(model, transform):
+    """While active, the output of `model.cam_layer` is replaced by `transform(output)` when
+    that layer is in training mode (identity in eval mode). The hook is removed on exit."""
+
+    def hook(module, inputs, output):
+        return transform(output) if module.training else None
+
+    handle = model.cam_layer.register_forward_hook(hook)
+    try:
+        yield model
+    finally:
+        handle.remove()
