@@ -9,8 +9,10 @@ from bench.registry import register_method
 
 @dataclass(frozen=True)
 class CutMixConfig:
-    alpha: float = 1.0  # Beta(alpha, alpha) of the mixing ratio (the paper's ImageNet setting)
-    prob: float = 1.0  # probability of mixing a batch (the paper's ImageNet setting)
+    # Beta(alpha, alpha) of the mixing ratio and the probability of mixing a batch: the paper's
+    # ImageNet setting (alpha 1, every batch), also Choe et al.'s (CVPR 2020) defaults
+    alpha: float = 1.0
+    prob: float = 1.0
 
 
 @register_method

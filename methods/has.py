@@ -9,7 +9,8 @@ from bench.registry import register_method
 
 @dataclass(frozen=True)
 class HaSConfig:
-    grid_size: int = 7  # patches per side: 32-px patches on 224-px inputs (the paper's HaS-32)
+    # patches per side of the grid: 7 = 32-px patches on 224-px inputs (the paper's HaS-32)
+    grid_size: int = 7
     hide_prob: float = 0.5  # probability of hiding each patch (the paper's 0.5)
 
 

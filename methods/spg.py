@@ -10,8 +10,11 @@ from bench.registry import register_method
 
 @dataclass(frozen=True)
 class SPGConfig:
-    fg_threshold: float = 0.7  # delta_h: normalised CAM above it is a foreground seed
-    bg_threshold: float = 0.05  # delta_l: normalised CAM below it is a background seed
+    # delta_h / delta_l on the classifier's own normalised CAM: above delta_h a foreground seed,
+    # below delta_l a background seed. 0.7 / 0.01 are the thresholds that Choe et al. (CVPR 2020)
+    # apply to the classifier's attention map in their SPG re-implementation.
+    fg_threshold: float = 0.7
+    bg_threshold: float = 0.01
     aux_weight: float = 1.0  # weight of the pixel-level guidance loss
 
 
