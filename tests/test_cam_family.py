@@ -160,5 +160,22 @@ def test_maps_are_nonnegative_finite_and_leave_no_hooks(name):
     no_hooks(model)
     assert all(p.grad is None for p in model.parameters())
     with pytest.raises(RuntimeError):
-        m.localize(images, torch.tensor([0, 7]))  # a label out of range fails inside the hook block
+        m.localize(images, torch.tensor([0, 7]))  # a label out of range
     no_hooks(model)
+
+    def failing_head(features):  # fails while the cam_layer hook is registered
+        raise RuntimeError("head failed")
+
+    model.head = failing_head
+    with pytest.raises(RuntimeError, match="head failed"):
+        m.localize(images, labels)
+    no_hooks(model)
+
+
+def test_smoothgradcampp_without_noise_is_gradcampp():
+    model = small_model()
+    images, labels = inputs()
+    cfg = method_cls("smoothgradcampp").Config(n_samples=3, noise_level=0.0)
+    smooth = fitted("smoothgradcampp", model, cfg).localize(images, labels).cams
+    plain = fitted("gradcampp", model).localize(images, labels).cams
+    torch.testing.assert_close(smooth, plain, rtol=1e-9, atol=1e-14)
