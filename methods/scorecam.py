@@ -11,6 +11,10 @@ from bench.registry import register_method
 @dataclass(frozen=True)
 class ScoreCAMConfig:
     mask_batch: int = 32  # masked images per forward pass (memory/speed only, not a paper setting)
+    # normalise the channel scores with a softmax over channels (the paper's Algorithm 1; it also
+    # makes the paper's baseline-image term f(X_b) irrelevant, a softmax being shift invariant);
+    # False weighs the maps by the raw class probabilities
+    channel_softmax: bool = True
 
 
 @register_method
@@ -18,7 +22,8 @@ class ScoreCAM(PostHocCAM):
     """Score-CAM (Wang et al., CVPR-W 2020): channels weighted by the class score of the image masked by them.
 
     Each activation map A_k is upsampled to the input size and min-max normalised to a mask
-    M_k; its weight is the softmax (over channels) of the class probability of image * M_k;
+    M_k; its weight is the class probability of image * M_k, softmax-normalised over channels
+    (config `channel_softmax`);
     cam = ReLU(sum_k w_k A_k). The B*K masked images go through the model in batches of
     `mask_batch`, without gradients."""
 
@@ -43,6 +48,8 @@ class ScoreCAM(PostHocCAM):
                 owner = idx // k
                 probs = model(images[owner] * masks).logits.softmax(1)
                 scores[idx] = class_scores(probs, labels[owner]).to(scores.dtype)
-            weights = scores.view(b, k).softmax(1)
+            weights = scores.view(b, k)
+            if self.cfg.channel_softmax:
+                weights = weights.softmax(1)
             cam = torch.relu(torch.einsum("bk,bkhw->bhw", weights.to(acts.dtype), acts))
         return cam, logits

@@ -132,6 +132,8 @@ def test_scorecam_on_one_channel_returns_the_channel():
     with torch.no_grad():
         channel = model.features(images)[:, 0]
     torch.testing.assert_close(loc.cams, channel)
+    raw = fitted("scorecam", model, method_cls("scorecam").Config(channel_softmax=False)).localize(images, labels)
+    assert_positive_multiple(raw.cams, channel)
 
 
 def test_scorecam_mask_batches_do_not_change_the_result():
