@@ -127,10 +127,15 @@ class OneChannel(nn.Module):
 def test_scorecam_on_one_channel_returns_the_channel():
     torch.manual_seed(0)
     model = WSOLNet(OneChannel(), num_classes=3).double().eval()
+    with torch.no_grad():  # a channel that is positive and not constant on every image
+        model.backbone.conv[1].weight.uniform_(-1, 1)
+        model.backbone.conv[1].weight[0, 0] = 2.0
+        model.backbone.conv[1].bias.fill_(0.1)
     images, labels = inputs(b=3)
     loc = fitted("scorecam", model).localize(images, labels)
     with torch.no_grad():
         channel = model.features(images)[:, 0]
+    assert (channel.amax(dim=(1, 2)) > channel.amin(dim=(1, 2))).all()
     torch.testing.assert_close(loc.cams, channel)
     raw = fitted("scorecam", model, method_cls("scorecam").Config(channel_softmax=False)).localize(images, labels)
     assert_positive_multiple(raw.cams, channel)
