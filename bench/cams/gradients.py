@@ -1,0 +1,75 @@
+"""Activations of the CAM layer and gradients of the class score with respect to them.
+
+Backbone independent: the layer is `model.cam_layer`, never a name. One forward hook reads
+its output (removed on exit, also on error); the gradients come from `torch.autograd.grad`
+on that tensor, so no backward hook is ever registered and parameters' `.grad` stay untouched.
+Everything stays batched on the model's device.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+@contextlib.contextmanager
+def capture_activations(model):
+    """Yield a dict whose "activations" entry is the output of `model.cam_layer` in the
+    forward passes run inside the block (the last one wins)."""
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(module, inputs, output):
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"cam_layer {type(module).__name__} returned {type(output).__name__}, expected a tensor")
+        if torch.is_grad_enabled() and not output.requires_grad:
+            # frozen layers: make the output a leaf of the graph so the gradients still exist
+            output = output.detach().requires_grad_(True)
+            store["activations"] = output
+            return output
+        store["activations"] = output
+        return None
+
+    handle = model.cam_layer.register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+def class_scores(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The score (pre-softmax logit) of each image's class: [B]."""
+    return logits.gather(1, labels.view(-1, 1).long()).squeeze(1)
+
+
+def activations_and_grads(model, images: torch.Tensor, labels: torch.Tensor):
+    """(activations [B,K,h,w], d score_label / d activations [B,K,h,w], logits [B,C]).
+
+    The scores of the batch are summed before differentiating: with the model in eval mode
+    every image's score depends on its own activations only, so each image gets its own
+    gradient in one backward pass."""
+    with torch.enable_grad():
+        with capture_activations(model) as store:
+            logits = model(images).logits
+        if "activations" not in store:
+            raise RuntimeError("model.cam_layer was not called in the forward pass")
+        acts = store["activations"]
+        (grads,) = torch.autograd.grad(class_scores(logits, labels).sum(), acts)
+    return acts.detach(), grads.detach(), logits.detach()
+
+
+def weighted_sum(weights: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
+    """ReLU(sum_k weights_k A_k): weights [B,K] (per channel) or [B,K,h,w] (per pixel)."""
+    if weights.dim() == 2:
+        cam = torch.einsum("bk,bkhw->bhw", weights, acts)
+    else:
+        cam = (weights * acts).sum(1)
+    return torch.relu(cam)
+
+
+def gradcampp_weights(acts, g1, g2, g3):
+    """Grad-CAM++ channel weights from the first three derivatives of exp(score) (divided by
+    exp(score), a positive per-image factor that cancels in alpha and only scales the map):
+    alpha = g^2 / (2 g^2 + sum_ij A g^3), w_k = sum_ij alpha ReLU(g)."""
+    denom = 2 * g2 + (acts.sum(dim=(2, 3), keepdim=True) * g3)
+    alpha = g2 / torch.where(denom != 0, denom, torch.ones_like(denom))
+    return (alpha * torch.relu(g1)).sum(dim=(2, 3))

@@ -1,0 +1,188 @@
+"""Identities of the post-hoc CAM family on a small random classifier (float64)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from bench.models import WSOLNet, build_classifier
+from bench.registry import REPO_ROOT, METHODS, load_plugin_file
+
+POSTHOC = ("gradcam", "gradcampp", "smoothgradcampp", "xgradcam", "layercam", "scorecam")
+
+
+def method_cls(name):
+    load_plugin_file(REPO_ROOT / "methods" / f"{name}.py")
+    return METHODS[name]
+
+
+def method(name, cfg=None):
+    cls = method_cls(name)
+    return cls(cfg if cfg is not None else cls.Config())
+
+
+def small_model(seed=0, positive_weights=False):
+    torch.manual_seed(seed)
+    model = build_classifier("small-cnn", num_classes=3).double()
+    with torch.no_grad():  # random BN statistics so the eval-mode network is not trivial
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+        if positive_weights:
+            model.classifier.weight.abs_()
+    return model.eval()
+
+
+def inputs(b=2, size=16, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 3, size, size, generator=g, dtype=torch.float64), torch.tensor([0, 2, 1, 0][:b])
+
+
+def fitted(name, model, cfg=None):
+    m = method(name, cfg)
+    m.fit(None, None, SimpleNamespace(classifier=lambda: model))
+    return m
+
+
+def fc_cam(model, images, labels):
+    with torch.no_grad():
+        out = model(images)
+        return model.cam(out.features, labels)
+
+
+def assert_positive_multiple(a, b):
+    """a = c_i * b per image, c_i > 0."""
+    for x, y in zip(a, b):
+        assert y.abs().max() > 0
+        c = (x * y).sum() / (y * y).sum()
+        assert c > 0
+        torch.testing.assert_close(x, c * y, rtol=1e-9, atol=1e-12)
+
+
+def test_gradcam_is_relu_cam_over_hw():
+    model = small_model()
+    images, labels = inputs()
+    loc = fitted("gradcam", model).localize(images, labels)
+    cam = fc_cam(model, images, labels)
+    h, w = cam.shape[-2:]
+    torch.testing.assert_close(loc.cams, torch.relu(cam) / (h * w), rtol=1e-10, atol=1e-14)
+    assert_positive_multiple(loc.cams, torch.relu(cam))
+    torch.testing.assert_close(loc.logits, model(images).logits.detach())
+
+
+def test_xgradcam_equals_gradcam_on_gap_linear_head():
+    model = small_model()
+    images, labels = inputs()
+    x = fitted("xgradcam", model).localize(images, labels).cams
+    g = fitted("gradcam", model).localize(images, labels).cams
+    assert_positive_multiple(x, g)
+
+
+def test_layercam_with_positive_weights_is_the_unpooled_gradcam_map():
+    model = small_model(positive_weights=True)
+    images, labels = inputs()
+    layer = fitted("layercam", model).localize(images, labels).cams
+    cam = fc_cam(model, images, labels)
+    assert (cam >= 0).all()
+    h, w = cam.shape[-2:]
+    torch.testing.assert_close(layer, cam / (h * w), rtol=1e-10, atol=1e-14)
+    assert_positive_multiple(layer, fitted("gradcam", model).localize(images, labels).cams)
+
+
+def test_gradcampp_matches_its_closed_form_on_gap_linear_head():
+    # d y/dA_k = g_k = w_ck/(hw) at every pixel, so alpha_k = 1 / (2 + g_k sum_ij A_k) and
+    # w_k = hw ReLU(g_k) alpha_k; cam = ReLU(sum_k w_k A_k).
+    model = small_model()
+    images, labels = inputs()
+    pp = fitted("gradcampp", model).localize(images, labels).cams
+    with torch.no_grad():
+        feats = model.features(images)
+        h, w = feats.shape[-2:]
+        g = model.class_weights(labels) / (h * w)
+        alpha = 1 / (2 + g * feats.sum(dim=(2, 3)))
+        weights = h * w * torch.relu(g) * alpha
+        expected = torch.relu(torch.einsum("bk,bkhw->bhw", weights, feats))
+    torch.testing.assert_close(pp, expected, rtol=1e-9, atol=1e-14)
+
+
+class OneChannel(nn.Module):
+    """A backbone with one feature channel (ReLU of a 1x1 conv on a pooled image)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Sequential(nn.AvgPool2d(4), nn.Conv2d(3, 1, 1), nn.ReLU())
+        self.out_channels = 1
+
+    @property
+    def cam_layer(self):
+        return self.conv
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_scorecam_on_one_channel_returns_the_channel():
+    torch.manual_seed(0)
+    model = WSOLNet(OneChannel(), num_classes=3).double().eval()
+    with torch.no_grad():  # a channel that is positive and not constant on every image
+        model.backbone.conv[1].weight.uniform_(-1, 1)
+        model.backbone.conv[1].weight[0, 0] = 2.0
+        model.backbone.conv[1].bias.fill_(0.1)
+    images, labels = inputs(b=3)
+    loc = fitted("scorecam", model).localize(images, labels)
+    with torch.no_grad():
+        channel = model.features(images)[:, 0]
+    assert (channel.amax(dim=(1, 2)) > channel.amin(dim=(1, 2))).all()
+    torch.testing.assert_close(loc.cams, channel)
+    raw = fitted("scorecam", model, method_cls("scorecam").Config(channel_softmax=False)).localize(images, labels)
+    assert_positive_multiple(raw.cams, channel)
+
+
+def test_scorecam_mask_batches_do_not_change_the_result():
+    model = small_model()
+    images, labels = inputs(b=2, size=8)
+    a = fitted("scorecam", model, method_cls("scorecam").Config(mask_batch=7)).localize(images, labels).cams
+    b = fitted("scorecam", model, method_cls("scorecam").Config(mask_batch=1000)).localize(images, labels).cams
+    torch.testing.assert_close(a, b)
+
+
+def no_hooks(model):
+    for m in model.modules():
+        assert not m._forward_hooks and not m._backward_hooks and not m._forward_pre_hooks, m
+
+
+@pytest.mark.parametrize("name", POSTHOC)
+def test_maps_are_nonnegative_finite_and_leave_no_hooks(name):
+    model = small_model()
+    images, labels = inputs(b=2, size=16)
+    cfg = method_cls("smoothgradcampp").Config(n_samples=2) if name == "smoothgradcampp" else None
+    m = fitted(name, model, cfg)
+    loc = m.localize(images, labels)
+    assert loc.cams.shape == (2, 4, 4) and loc.logits.shape == (2, 3)
+    assert torch.isfinite(loc.cams).all() and (loc.cams >= 0).all()
+    assert not loc.cams.requires_grad
+    no_hooks(model)
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(RuntimeError):
+        m.localize(images, torch.tensor([0, 7]))  # a label out of range
+    no_hooks(model)
+
+    def failing_head(features):  # fails while the cam_layer hook is registered
+        raise RuntimeError("head failed")
+
+    model.head = failing_head
+    with pytest.raises(RuntimeError, match="head failed"):
+        m.localize(images, labels)
+    no_hooks(model)
+
+
+def test_smoothgradcampp_without_noise_is_gradcampp():
+    model = small_model()
+    images, labels = inputs()
+    cfg = method_cls("smoothgradcampp").Config(n_samples=3, noise_level=0.0)
+    smooth = fitted("smoothgradcampp", model, cfg).localize(images, labels).cams
+    plain = fitted("gradcampp", model).localize(images, labels).cams
+    torch.testing.assert_close(smooth, plain, rtol=1e-9, atol=1e-14)
