@@ -1,0 +1,325 @@
+// CPU kernel of wsolbench::region_boxes (OpenMP over images).
+//
+// For one image and every threshold level k in 0..255 (foreground = q > k) it decides whether
+// the image is correctly localised, without labelling the map 256 times:
+//
+// * Foreground components (8-connectivity) come from one union-find pass over the pixels in
+//   decreasing value order: after the pixels of value v are added, the sets are exactly the
+//   8-connected components of {q >= v} = {q > v - 1}. A set that is not touched at a value keeps
+//   the same pixels, so each set "state" is alive over a contiguous range of levels; it is
+//   closed (and its bounding box scored against the ground truth) when it grows or merges.
+// * Holes (4-connected background regions not connected to the image border; OpenCV pads the
+//   image with background, so a region touching the border is not a hole) come from the same
+//   pass over background pixels in increasing value order (background at level k = {q <= k}).
+//   A hole's contour runs through the foreground pixels around it, so its bounding rectangle is
+//   the hole's bounding box grown by one pixel on every side.
+// * V2 (all contours): per IoU threshold, a difference array over the 256 levels counts the
+//   alive states whose box reaches the threshold.
+// * V1 (largest contour): every new foreground state gets its OpenCV contour area by tracing
+//   its outer border once (Suzuki-Abe border following, as cv2.findContours does, started at
+//   the set's first pixel in raster order); a lazy max-heap gives the largest alive set per
+//   level. Holes never win: a hole's polygon lies inside its parent's outer polygon, so its
+//   area is at most the parent's, and on equality both give the same box. Ties between sets
+//   are broken as cv2 + Python's max() do: cv2 lists top-level contours in reverse raster order
+//   of their first pixel, max() keeps the first maximum, so the set whose first pixel comes
+//   LAST in raster order wins. (A nested set never ties with the maximum: its area is strictly
+//   below its enclosing set's.)
+// * Levels without foreground (k >= max q) use the box [0, 0, 0, 0], as the reference does.
+//
+// Box of a contour: cv2.boundingRect then the reference's x1 = x + w clipped to W - 1, i.e.
+// [xmin, ymin, min(xmax + 1, W - 1), min(ymax + 1, H - 1)]. IoU uses inclusive pixel widths.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <queue>
+#include <tuple>
+#include <vector>
+
+namespace wsolbench {
+namespace {
+
+constexpr int kLevels = 256;
+
+struct Box {
+  int x0, y0, x1, y1;
+};
+
+inline double iou(const Box& a, const double* g) {
+  double ix0 = std::max<double>(a.x0, g[0]), iy0 = std::max<double>(a.y0, g[1]);
+  double ix1 = std::min<double>(a.x1, g[2]), iy1 = std::min<double>(a.y1, g[3]);
+  double iw = std::max(0.0, ix1 - ix0 + 1.0), ih = std::max(0.0, iy1 - iy0 + 1.0);
+  double inter = iw * ih;
+  double area_a = (double(a.x1) - a.x0 + 1.0) * (double(a.y1) - a.y0 + 1.0);
+  double area_b = (g[2] - g[0] + 1.0) * (g[3] - g[1] + 1.0);
+  return inter / (area_a + area_b - inter);
+}
+
+inline double best_iou(const Box& a, const double* gt, int64_t m) {
+  double best = -1.0;
+  for (int64_t i = 0; i < m; ++i) best = std::max(best, iou(a, gt + 4 * i));
+  return best;
+}
+
+struct UF {
+  std::vector<int32_t> parent;
+  int32_t find(int32_t x) {
+    while (parent[x] != x) {
+      parent[x] = parent[parent[x]];
+      x = parent[x];
+    }
+    return x;
+  }
+};
+
+// Chain-code directions as OpenCV numbers them: 0 = +x, then counter-clockwise on screen.
+constexpr int kDx[8] = {1, 1, 0, -1, -1, -1, 0, 1};
+constexpr int kDy[8] = {0, -1, -1, -1, 0, 1, 1, 1};
+
+// Twice the cv2.contourArea of the outer border of the 8-connected component of {q >= v}
+// whose first raster pixel is (x0, y0). Suzuki-Abe border following, OpenCV's conventions.
+int64_t outer_area2(const uint8_t* q, int H, int W, int x0, int y0, int v) {
+  auto fg = [&](int x, int y) { return x >= 0 && y >= 0 && x < W && y < H && q[y * W + x] >= v; };
+  int s = 4, s_end = 4;
+  bool found = false;
+  do {
+    s = (s - 1) & 7;
+    if (fg(x0 + kDx[s], y0 + kDy[s])) {
+      found = true;
+      break;
+    }
+  } while (s != s_end);
+  if (!found) return 0;  // single pixel
+  const int x1 = x0 + kDx[s], y1 = y0 + kDy[s];
+  int x3 = x0, y3 = y0;
+  int64_t acc = 0;
+  for (;;) {
+    int x4 = 0, y4 = 0;
+    for (int i = 1; i <= 8; ++i) {
+      int d = (s + i) & 7;
+      if (fg(x3 + kDx[d], y3 + kDy[d])) {
+        s = d;
+        x4 = x3 + kDx[d];
+        y4 = y3 + kDy[d];
+        break;
+      }
+    }
+    acc += int64_t(x3) * y4 - int64_t(x4) * y3;
+    if (x4 == x0 && y4 == y0 && x3 == x1 && y3 == y1) break;
+    x3 = x4;
+    y3 = y4;
+    s = (s + 4) & 7;
+  }
+  return acc < 0 ? -acc : acc;
+}
+
+struct Scorer {
+  const double* gt;
+  int64_t m;
+  const double* deltas;
+  int nt;
+  // diff[t * (kLevels + 1) + k]
+  std::vector<int32_t> diff;
+  void cover(const Box& b, int lo, int hi) {  // levels lo..hi inclusive
+    if (lo > hi) return;
+    double s = best_iou(b, gt, m);
+    for (int t = 0; t < nt; ++t)
+      if (s >= deltas[t]) {
+        diff[t * (kLevels + 1) + lo] += 1;
+        diff[t * (kLevels + 1) + hi + 1] -= 1;
+      }
+  }
+};
+
+void one_image(const uint8_t* q, int H, int W, const double* gt, int64_t m, const double* deltas,
+               int nt, bool largest, bool* out_v1, bool* out_v2) {
+  const int N = H * W;
+  // Counting sort of pixels by value.
+  std::vector<int32_t> start(kLevels + 1, 0), order(N);
+  for (int p = 0; p < N; ++p) start[q[p] + 1]++;
+  for (int v = 0; v < kLevels; ++v) start[v + 1] += start[v];
+  {
+    std::vector<int32_t> pos(start.begin(), start.end() - 1);
+    for (int p = 0; p < N; ++p) order[pos[q[p]]++] = p;
+  }
+  int maxq = 0;
+  for (int v = kLevels - 1; v >= 0; --v)
+    if (start[v + 1] > start[v]) {
+      maxq = v;
+      break;
+    }
+
+  Scorer sc{gt, m, deltas, nt, std::vector<int32_t>(nt * (kLevels + 1), 0)};
+  std::vector<int32_t> bx0(N), by0(N), bx1(N), by1(N), open(N), first(N);
+  UF uf{std::vector<int32_t>(N, -1)};
+  auto box_fg = [&](int r) {
+    return Box{bx0[r], by0[r], std::min(bx1[r] + 1, W - 1), std::min(by1[r] + 1, H - 1)};
+  };
+  const Box empty{0, 0, 0, 0};
+  const double empty_iou = best_iou(empty, gt, m);
+
+  // ---------------- foreground, decreasing values ----------------
+  // A state opened at value `open` is alive for values [v_close + 1, open], i.e. levels
+  // [v_close, open - 1] (foreground at level k is q >= k + 1).
+  using Entry = std::tuple<int64_t, int32_t, int32_t, int32_t>;  // area2, first px, root, open
+  std::priority_queue<Entry> heap;
+  std::vector<int32_t> dirty;
+  auto touch = [&](int r, int v) {  // root r is about to change at value v
+    if (open[r] > v) {
+      sc.cover(box_fg(r), v, open[r] - 1);
+      open[r] = v;
+      dirty.push_back(r);
+    }
+  };
+  for (int v = kLevels - 1; v >= 1; --v) {
+    dirty.clear();
+    for (int i = start[v]; i < start[v + 1]; ++i) {
+      const int p = order[i], y = p / W, x = p - y * W;
+      uf.parent[p] = p;
+      bx0[p] = bx1[p] = x;
+      by0[p] = by1[p] = y;
+      open[p] = v;
+      first[p] = p;
+      dirty.push_back(p);
+      for (int d = 0; d < 8; ++d) {
+        const int nx = x + kDx[d], ny = y + kDy[d];
+        if (nx < 0 || ny < 0 || nx >= W || ny >= H) continue;
+        const int np = ny * W + nx;
+        if (uf.parent[np] < 0) continue;
+        int a = uf.find(p), b = uf.find(np);
+        if (a == b) continue;
+        touch(a, v);
+        touch(b, v);
+        if (first[a] > first[b]) std::swap(a, b);  // keep the root with the earliest pixel
+        uf.parent[b] = a;
+        bx0[a] = std::min(bx0[a], bx0[b]);
+        by0[a] = std::min(by0[a], by0[b]);
+        bx1[a] = std::max(bx1[a], bx1[b]);
+        by1[a] = std::max(by1[a], by1[b]);
+      }
+    }
+    if (!largest) continue;
+    for (int r : dirty) {
+      if (uf.parent[r] != r || open[r] != v) continue;
+      open[r] = -open[r] - 1;  // mark "scored at this value" (undone below)
+    }
+    for (int r : dirty) {
+      if (uf.parent[r] != r || open[r] != -v - 1) continue;
+      open[r] = v;
+      const int fy = first[r] / W, fx = first[r] - fy * W;
+      heap.emplace(outer_area2(q, H, W, fx, fy, v), first[r], r, v);
+    }
+    // Largest alive contour at level v - 1.
+    while (!heap.empty()) {
+      const auto& [a2, fp, r, ov] = heap.top();
+      if (uf.parent[r] == r && open[r] == ov) break;
+      heap.pop();
+    }
+    if (!heap.empty()) {
+      const double s = best_iou(box_fg(std::get<2>(heap.top())), gt, m);
+      for (int t = 0; t < nt; ++t) out_v1[t * kLevels + v - 1] = s >= deltas[t];
+    }
+  }
+  for (int p = 0; p < N; ++p)
+    if (uf.parent[p] == p) sc.cover(box_fg(p), 0, open[p] - 1);
+
+  // ---------------- holes, increasing values ----------------
+  // Background at level k is q <= k. A state opened at level `open` is alive for levels
+  // [open, close - 1]. `first` is reused as the "touches the image border" flag.
+  std::fill(uf.parent.begin(), uf.parent.end(), -1);
+  auto box_hole = [&](int r) {
+    return Box{bx0[r] - 1, by0[r] - 1, std::min(bx1[r] + 2, W - 1), std::min(by1[r] + 2, H - 1)};
+  };
+  auto touch_bg = [&](int r, int v) {
+    if (open[r] < v) {
+      if (!first[r]) sc.cover(box_hole(r), open[r], v - 1);
+      open[r] = v;
+    }
+  };
+  for (int v = 0; v < maxq; ++v) {  // at levels >= maxq there is no foreground, hence no hole
+    for (int i = start[v]; i < start[v + 1]; ++i) {
+      const int p = order[i], y = p / W, x = p - y * W;
+      uf.parent[p] = p;
+      bx0[p] = bx1[p] = x;
+      by0[p] = by1[p] = y;
+      open[p] = v;
+      first[p] = (x == 0 || y == 0 || x == W - 1 || y == H - 1);
+      for (int d = 0; d < 8; d += 2) {
+        const int nx = x + kDx[d], ny = y + kDy[d];
+        if (nx < 0 || ny < 0 || nx >= W || ny >= H) continue;
+        const int np = ny * W + nx;
+        if (uf.parent[np] < 0) continue;
+        int a = uf.find(p), b = uf.find(np);
+        if (a == b) continue;
+        touch_bg(a, v);
+        touch_bg(b, v);
+        uf.parent[b] = a;
+        first[a] = first[a] | first[b];
+        bx0[a] = std::min(bx0[a], bx0[b]);
+        by0[a] = std::min(by0[a], by0[b]);
+        bx1[a] = std::max(bx1[a], bx1[b]);
+        by1[a] = std::max(by1[a], by1[b]);
+      }
+    }
+  }
+  for (int i = 0; i < start[maxq]; ++i) {
+    const int p = order[i];
+    if (uf.parent[p] == p && !first[p]) sc.cover(box_hole(p), open[p], maxq - 1);
+  }
+
+  // ---------------- levels without foreground ----------------
+  for (int t = 0; t < nt; ++t) {
+    const bool ok = empty_iou >= deltas[t];
+    int32_t run = 0;
+    for (int k = 0; k < kLevels; ++k) {
+      run += sc.diff[t * (kLevels + 1) + k];
+      out_v2[t * kLevels + k] = k >= maxq ? ok : run > 0;
+      if (k >= maxq || !largest) out_v1[t * kLevels + k] = k >= maxq ? ok : false;
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> region_boxes_cpu(const at::Tensor& q, const at::Tensor& gt_boxes,
+                                                    const at::Tensor& gt_offsets,
+                                                    at::ArrayRef<double> iou_thresholds,
+                                                    bool largest) {
+  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kByte, "region_boxes: q must be uint8 [B, H, W]");
+  TORCH_CHECK(gt_boxes.dim() == 2 && gt_boxes.size(1) == 4 && gt_boxes.scalar_type() == at::kDouble,
+              "region_boxes: gt_boxes must be float64 [N, 4]");
+  TORCH_CHECK(gt_offsets.dim() == 1 && gt_offsets.size(0) == q.size(0) + 1 &&
+                  gt_offsets.scalar_type() == at::kLong,
+              "region_boxes: gt_offsets must be int64 [B + 1]");
+  TORCH_CHECK(q.size(1) * q.size(2) < (int64_t(1) << 30), "region_boxes: map too large");
+  const auto qc = q.contiguous();
+  const auto gc = gt_boxes.contiguous();
+  const auto oc = gt_offsets.contiguous();
+  const int64_t B = q.size(0);
+  const int H = q.size(1), W = q.size(2);
+  const int nt = iou_thresholds.size();
+  const int64_t* off = oc.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b)
+    TORCH_CHECK(off[b] <= off[b + 1] && off[b + 1] <= gc.size(0) && off[0] == 0,
+                "region_boxes: gt_offsets must be non-decreasing within gt_boxes");
+  auto v1 = at::zeros({B, nt, kLevels}, q.options().dtype(at::kBool));
+  auto v2 = at::zeros({B, nt, kLevels}, q.options().dtype(at::kBool));
+  if (B == 0 || H == 0 || W == 0) return {v1, v2};
+  std::vector<double> deltas(iou_thresholds.begin(), iou_thresholds.end());
+  const uint8_t* qp = qc.data_ptr<uint8_t>();
+  const double* gp = gc.data_ptr<double>();
+  bool* p1 = v1.data_ptr<bool>();
+  bool* p2 = v2.data_ptr<bool>();
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      one_image(qp + b * H * W, H, W, gp + 4 * off[b], off[b + 1] - off[b], deltas.data(), nt,
+                largest, p1 + b * nt * kLevels, p2 + b * nt * kLevels);
+  });
+  return {v1, v2};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(wsolbench, CPU, m) { m.impl("region_boxes", &region_boxes_cpu); }
+
+}  // namespace wsolbench
