@@ -135,14 +135,17 @@ struct Scorer {
 
 void one_image(const uint8_t* q, int H, int W, const double* gt, int64_t m, const double* deltas,
                int nt, bool largest, bool* out_v1, bool* out_v2) {
-  const int N = H * W;
-  // Counting sort of pixels by value.
-  std::vector<int32_t> start(kLevels + 1, 0), order(N);
-  for (int p = 0; p < N; ++p) start[q[p] + 1]++;
+  // Pixels live in a padded index space (one pixel of margin, never added to a set) so that
+  // neighbour visits need no bounds checks.
+  const int Wp = W + 2, Np = (H + 2) * Wp;
+  // Counting sort of (padded) pixel indices by value.
+  std::vector<int32_t> start(kLevels + 1, 0), order(H * W);
+  for (int i = 0; i < H * W; ++i) start[q[i] + 1]++;
   for (int v = 0; v < kLevels; ++v) start[v + 1] += start[v];
   {
     std::vector<int32_t> pos(start.begin(), start.end() - 1);
-    for (int p = 0; p < N; ++p) order[pos[q[p]]++] = p;
+    for (int y = 0; y < H; ++y)
+      for (int x = 0; x < W; ++x) order[pos[q[y * W + x]]++] = (y + 1) * Wp + x + 1;
   }
   int maxq = 0;
   for (int v = kLevels - 1; v >= 0; --v)
@@ -150,10 +153,13 @@ void one_image(const uint8_t* q, int H, int W, const double* gt, int64_t m, cons
       maxq = v;
       break;
     }
+  const int nb8[8] = {1, 1 - Wp, -Wp, -1 - Wp, -1, -1 + Wp, Wp, 1 + Wp};
+  const int nb4[4] = {1, -Wp, -1, Wp};
 
   Scorer sc{gt, m, deltas, nt, std::vector<int32_t>(nt * (kLevels + 1), 0)};
-  std::vector<int32_t> bx0(N), by0(N), bx1(N), by1(N), open(N), first(N);
-  UF uf{std::vector<int32_t>(N, -1)};
+  // Per-root data (valid at roots only); bbox in image coordinates.
+  std::vector<int32_t> bx0(Np), by0(Np), bx1(Np), by1(Np), open(Np), first(Np);
+  UF uf{std::vector<int32_t>(Np, -1)};
   auto box_fg = [&](int r) {
     return Box{bx0[r], by0[r], std::min(bx1[r] + 1, W - 1), std::min(by1[r] + 1, H - 1)};
   };
@@ -170,27 +176,25 @@ void one_image(const uint8_t* q, int H, int W, const double* gt, int64_t m, cons
     if (open[r] > v) {
       sc.cover(box_fg(r), v, open[r] - 1);
       open[r] = v;
-      dirty.push_back(r);
+      if (largest) dirty.push_back(r);
     }
   };
   for (int v = kLevels - 1; v >= 1; --v) {
     dirty.clear();
     for (int i = start[v]; i < start[v + 1]; ++i) {
-      const int p = order[i], y = p / W, x = p - y * W;
+      const int p = order[i], y = p / Wp - 1, x = p % Wp - 1;
       uf.parent[p] = p;
       bx0[p] = bx1[p] = x;
       by0[p] = by1[p] = y;
       open[p] = v;
       first[p] = p;
-      dirty.push_back(p);
+      if (largest) dirty.push_back(p);
+      int a = p;
       for (int d = 0; d < 8; ++d) {
-        const int nx = x + kDx[d], ny = y + kDy[d];
-        if (nx < 0 || ny < 0 || nx >= W || ny >= H) continue;
-        const int np = ny * W + nx;
-        if (uf.parent[np] < 0) continue;
-        int a = uf.find(p), b = uf.find(np);
+        const int np = p + nb8[d];
+        if (uf.parent[np] < 0) continue;  // not added yet, or margin
+        int b = uf.find(np);
         if (a == b) continue;
-        touch(a, v);
         touch(b, v);
         if (first[a] > first[b]) std::swap(a, b);  // keep the root with the earliest pixel
         uf.parent[b] = a;
@@ -203,17 +207,17 @@ void one_image(const uint8_t* q, int H, int W, const double* gt, int64_t m, cons
     if (!largest) continue;
     for (int r : dirty) {
       if (uf.parent[r] != r || open[r] != v) continue;
-      open[r] = -open[r] - 1;  // mark "scored at this value" (undone below)
+      open[r] = -v - 1;  // dedupe marker, undone below
     }
     for (int r : dirty) {
       if (uf.parent[r] != r || open[r] != -v - 1) continue;
       open[r] = v;
-      const int fy = first[r] / W, fx = first[r] - fy * W;
+      const int fy = first[r] / Wp - 1, fx = first[r] % Wp - 1;
       heap.emplace(outer_area2(q, H, W, fx, fy, v), first[r], r, v);
     }
     // Largest alive contour at level v - 1.
     while (!heap.empty()) {
-      const auto& [a2, fp, r, ov] = heap.top();
+      const int r = std::get<2>(heap.top()), ov = std::get<3>(heap.top());
       if (uf.parent[r] == r && open[r] == ov) break;
       heap.pop();
     }
@@ -222,8 +226,10 @@ void one_image(const uint8_t* q, int H, int W, const double* gt, int64_t m, cons
       for (int t = 0; t < nt; ++t) out_v1[t * kLevels + v - 1] = s >= deltas[t];
     }
   }
-  for (int p = 0; p < N; ++p)
+  for (int i = start[1]; i < H * W; ++i) {
+    const int p = order[i];
     if (uf.parent[p] == p) sc.cover(box_fg(p), 0, open[p] - 1);
+  }
 
   // ---------------- holes, increasing values ----------------
   // Background at level k is q <= k. A state opened at level `open` is alive for levels
@@ -240,20 +246,18 @@ void one_image(const uint8_t* q, int H, int W, const double* gt, int64_t m, cons
   };
   for (int v = 0; v < maxq; ++v) {  // at levels >= maxq there is no foreground, hence no hole
     for (int i = start[v]; i < start[v + 1]; ++i) {
-      const int p = order[i], y = p / W, x = p - y * W;
+      const int p = order[i], y = p / Wp - 1, x = p % Wp - 1;
       uf.parent[p] = p;
       bx0[p] = bx1[p] = x;
       by0[p] = by1[p] = y;
       open[p] = v;
       first[p] = (x == 0 || y == 0 || x == W - 1 || y == H - 1);
-      for (int d = 0; d < 8; d += 2) {
-        const int nx = x + kDx[d], ny = y + kDy[d];
-        if (nx < 0 || ny < 0 || nx >= W || ny >= H) continue;
-        const int np = ny * W + nx;
-        if (uf.parent[np] < 0) continue;
-        int a = uf.find(p), b = uf.find(np);
+      int a = p;
+      for (int d = 0; d < 4; ++d) {
+        const int np = p + nb4[d];
+        if (uf.parent[np] < 0) continue;  // not added yet, or margin
+        int b = uf.find(np);
         if (a == b) continue;
-        touch_bg(a, v);
         touch_bg(b, v);
         uf.parent[b] = a;
         first[a] = first[a] | first[b];
