@@ -180,3 +180,24 @@ def test_bad_cls_correct_and_config():
         BoxEvaluator(iou_thresholds=(0.5, 1.5))
     with pytest.raises(ValueError):
         BoxEvaluator(cam_curve_interval=0)
+
+
+def test_fallback_without_extension_matches(monkeypatch):
+    # Without bench._C the evaluators use the pure-Python references: same numbers.
+    import bench.metrics.mask as mask_mod
+    import bench.ops.region_boxes as rb
+    from bench.metrics import MaskEvaluator
+
+    maps = normalize_scoremaps(torch.rand(2, 4, 4), (12, 10))
+    gts = [torch.tensor([[1, 2, 6, 9]]), torch.tensor([[0, 0, 4, 4], [5, 5, 9, 11]])]
+    masks = (torch.rand(2, 12, 10) < maps).to(torch.uint8)
+    fast_b, fast_m = BoxEvaluator(cam_curve_interval=0.01), MaskEvaluator()
+    fast_b.accumulate(maps, gts)
+    fast_m.accumulate(maps, masks)
+    monkeypatch.setattr(rb, "has_op", lambda name: False)
+    monkeypatch.setattr(mask_mod, "has_op", lambda name: False)
+    slow_b, slow_m = BoxEvaluator(cam_curve_interval=0.01), MaskEvaluator()
+    slow_b.accumulate(maps, gts)
+    slow_m.accumulate(maps, masks)
+    assert fast_b.compute() == slow_b.compute()
+    assert fast_m.compute() == slow_m.compute()
