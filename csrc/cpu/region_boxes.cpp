@@ -192,8 +192,9 @@ void one_image(const uint8_t* q, int H, int W, const double* gt, int64_t m, cons
       int a = p;
       for (int d = 0; d < 8; ++d) {
         const int np = p + nb8[d];
-        if (uf.parent[np] < 0) continue;  // not added yet, or margin
-        int b = uf.find(np);
+        const int pn = uf.parent[np];
+        if (pn < 0 || pn == a) continue;  // not added yet / margin, or already in a's set
+        int b = uf.find(pn);
         if (a == b) continue;
         touch(b, v);
         if (first[a] > first[b]) std::swap(a, b);  // keep the root with the earliest pixel
@@ -255,8 +256,9 @@ void one_image(const uint8_t* q, int H, int W, const double* gt, int64_t m, cons
       int a = p;
       for (int d = 0; d < 4; ++d) {
         const int np = p + nb4[d];
-        if (uf.parent[np] < 0) continue;  // not added yet, or margin
-        int b = uf.find(np);
+        const int pn = uf.parent[np];
+        if (pn < 0 || pn == a) continue;  // not added yet / margin, or already in a's set
+        int b = uf.find(pn);
         if (a == b) continue;
         touch_bg(b, v);
         uf.parent[b] = a;
