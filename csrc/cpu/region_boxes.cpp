@@ -157,11 +157,30 @@ void one_image(const uint8_t* q, int H, int W, const double* gt, int64_t m, cons
   const int nb4[4] = {1, -Wp, -1, Wp};
 
   Scorer sc{gt, m, deltas, nt, std::vector<int32_t>(nt * (kLevels + 1), 0)};
-  // Per-root data (valid at roots only); bbox in image coordinates.
-  std::vector<int32_t> bx0(Np), by0(Np), bx1(Np), by1(Np), open(Np), first(Np);
+  // Per-set data, valid at roots only (one cache line per root): bbox in image coordinates,
+  // the value/level at which the current state opened, and the set's first pixel (fg pass) or
+  // whether it touches the image border (hole pass). A pixel joining an existing set writes
+  // only its parent.
+  struct Root {
+    int32_t x0, y0, x1, y1, open, first;
+  };
+  std::vector<Root> R(Np);
   UF uf{std::vector<int32_t>(Np, -1)};
   auto box_fg = [&](int r) {
-    return Box{bx0[r], by0[r], std::min(bx1[r] + 1, W - 1), std::min(by1[r] + 1, H - 1)};
+    return Box{R[r].x0, R[r].y0, std::min(R[r].x1 + 1, W - 1), std::min(R[r].y1 + 1, H - 1)};
+  };
+  auto merge = [&](int a, int b) {  // set b joins root a
+    uf.parent[b] = a;
+    R[a].x0 = std::min(R[a].x0, R[b].x0);
+    R[a].y0 = std::min(R[a].y0, R[b].y0);
+    R[a].x1 = std::max(R[a].x1, R[b].x1);
+    R[a].y1 = std::max(R[a].y1, R[b].y1);
+  };
+  auto extend = [&](int a, int x, int y) {
+    R[a].x0 = std::min(R[a].x0, x);
+    R[a].y0 = std::min(R[a].y0, y);
+    R[a].x1 = std::max(R[a].x1, x);
+    R[a].y1 = std::max(R[a].y1, y);
   };
   const Box empty{0, 0, 0, 0};
   const double empty_iou = best_iou(empty, gt, m);
@@ -173,53 +192,54 @@ void one_image(const uint8_t* q, int H, int W, const double* gt, int64_t m, cons
   std::priority_queue<Entry> heap;
   std::vector<int32_t> dirty;
   auto touch = [&](int r, int v) {  // root r is about to change at value v
-    if (open[r] > v) {
-      sc.cover(box_fg(r), v, open[r] - 1);
-      open[r] = v;
+    if (R[r].open > v) {
+      sc.cover(box_fg(r), v, R[r].open - 1);
+      R[r].open = v;
       if (largest) dirty.push_back(r);
     }
   };
   for (int v = kLevels - 1; v >= 1; --v) {
     dirty.clear();
     for (int i = start[v]; i < start[v + 1]; ++i) {
-      const int p = order[i], y = p / Wp - 1, x = p % Wp - 1;
-      uf.parent[p] = p;
-      bx0[p] = bx1[p] = x;
-      by0[p] = by1[p] = y;
-      open[p] = v;
-      first[p] = p;
-      if (largest) dirty.push_back(p);
-      int a = p;
+      const int p = order[i], y = p / Wp - 1, x = p - (y + 1) * Wp - 1;
+      int a = -1;
       for (int d = 0; d < 8; ++d) {
-        const int np = p + nb8[d];
-        const int pn = uf.parent[np];
+        const int pn = uf.parent[p + nb8[d]];
         if (pn < 0 || pn == a) continue;  // not added yet / margin, or already in a's set
-        int b = uf.find(pn);
-        if (a == b) continue;
+        const int b = uf.find(pn);
+        if (b == a) continue;
         touch(b, v);
-        if (first[a] > first[b]) std::swap(a, b);  // keep the root with the earliest pixel
-        uf.parent[b] = a;
-        bx0[a] = std::min(bx0[a], bx0[b]);
-        by0[a] = std::min(by0[a], by0[b]);
-        bx1[a] = std::max(bx1[a], bx1[b]);
-        by1[a] = std::max(by1[a], by1[b]);
+        if (a < 0) {  // p joins b's set
+          a = b;
+          uf.parent[p] = a;
+          extend(a, x, y);
+          R[a].first = std::min(R[a].first, p);
+        } else {
+          merge(a, b);
+          R[a].first = std::min(R[a].first, R[b].first);
+        }
+      }
+      if (a < 0) {  // a new set
+        uf.parent[p] = p;
+        R[p] = Root{x, y, x, y, v, p};
+        if (largest) dirty.push_back(p);
       }
     }
     if (!largest) continue;
     for (int r : dirty) {
-      if (uf.parent[r] != r || open[r] != v) continue;
-      open[r] = -v - 1;  // dedupe marker, undone below
+      if (uf.parent[r] != r || R[r].open != v) continue;
+      R[r].open = -v - 1;  // dedupe marker, undone below
     }
     for (int r : dirty) {
-      if (uf.parent[r] != r || open[r] != -v - 1) continue;
-      open[r] = v;
-      const int fy = first[r] / Wp - 1, fx = first[r] % Wp - 1;
-      heap.emplace(outer_area2(q, H, W, fx, fy, v), first[r], r, v);
+      if (uf.parent[r] != r || R[r].open != -v - 1) continue;
+      R[r].open = v;
+      const int fy = R[r].first / Wp - 1, fx = R[r].first % Wp - 1;
+      heap.emplace(outer_area2(q, H, W, fx, fy, v), R[r].first, r, v);
     }
     // Largest alive contour at level v - 1.
     while (!heap.empty()) {
       const int r = std::get<2>(heap.top()), ov = std::get<3>(heap.top());
-      if (uf.parent[r] == r && open[r] == ov) break;
+      if (uf.parent[r] == r && R[r].open == ov) break;
       heap.pop();
     }
     if (!heap.empty()) {
@@ -229,50 +249,52 @@ void one_image(const uint8_t* q, int H, int W, const double* gt, int64_t m, cons
   }
   for (int i = start[1]; i < H * W; ++i) {
     const int p = order[i];
-    if (uf.parent[p] == p) sc.cover(box_fg(p), 0, open[p] - 1);
+    if (uf.parent[p] == p) sc.cover(box_fg(p), 0, R[p].open - 1);
   }
 
   // ---------------- holes, increasing values ----------------
   // Background at level k is q <= k. A state opened at level `open` is alive for levels
-  // [open, close - 1]. `first` is reused as the "touches the image border" flag.
+  // [open, close - 1]. `first` holds the "touches the image border" flag here.
   std::fill(uf.parent.begin(), uf.parent.end(), -1);
   auto box_hole = [&](int r) {
-    return Box{bx0[r] - 1, by0[r] - 1, std::min(bx1[r] + 2, W - 1), std::min(by1[r] + 2, H - 1)};
+    return Box{R[r].x0 - 1, R[r].y0 - 1, std::min(R[r].x1 + 2, W - 1), std::min(R[r].y1 + 2, H - 1)};
   };
   auto touch_bg = [&](int r, int v) {
-    if (open[r] < v) {
-      if (!first[r]) sc.cover(box_hole(r), open[r], v - 1);
-      open[r] = v;
+    if (R[r].open < v) {
+      if (!R[r].first) sc.cover(box_hole(r), R[r].open, v - 1);
+      R[r].open = v;
     }
   };
   for (int v = 0; v < maxq; ++v) {  // at levels >= maxq there is no foreground, hence no hole
     for (int i = start[v]; i < start[v + 1]; ++i) {
-      const int p = order[i], y = p / Wp - 1, x = p % Wp - 1;
-      uf.parent[p] = p;
-      bx0[p] = bx1[p] = x;
-      by0[p] = by1[p] = y;
-      open[p] = v;
-      first[p] = (x == 0 || y == 0 || x == W - 1 || y == H - 1);
-      int a = p;
+      const int p = order[i], y = p / Wp - 1, x = p - (y + 1) * Wp - 1;
+      const int border = (x == 0 || y == 0 || x == W - 1 || y == H - 1);
+      int a = -1;
       for (int d = 0; d < 4; ++d) {
-        const int np = p + nb4[d];
-        const int pn = uf.parent[np];
-        if (pn < 0 || pn == a) continue;  // not added yet / margin, or already in a's set
-        int b = uf.find(pn);
-        if (a == b) continue;
+        const int pn = uf.parent[p + nb4[d]];
+        if (pn < 0 || pn == a) continue;
+        const int b = uf.find(pn);
+        if (b == a) continue;
         touch_bg(b, v);
-        uf.parent[b] = a;
-        first[a] = first[a] | first[b];
-        bx0[a] = std::min(bx0[a], bx0[b]);
-        by0[a] = std::min(by0[a], by0[b]);
-        bx1[a] = std::max(bx1[a], bx1[b]);
-        by1[a] = std::max(by1[a], by1[b]);
+        if (a < 0) {
+          a = b;
+          uf.parent[p] = a;
+          extend(a, x, y);
+          R[a].first |= border;
+        } else {
+          merge(a, b);
+          R[a].first |= R[b].first;
+        }
+      }
+      if (a < 0) {
+        uf.parent[p] = p;
+        R[p] = Root{x, y, x, y, v, border};
       }
     }
   }
   for (int i = 0; i < start[maxq]; ++i) {
     const int p = order[i];
-    if (uf.parent[p] == p && !first[p]) sc.cover(box_hole(p), open[p], maxq - 1);
+    if (uf.parent[p] == p && !R[p].first) sc.cover(box_hole(p), R[p].open, maxq - 1);
   }
 
   // ---------------- levels without foreground ----------------
