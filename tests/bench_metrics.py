@@ -33,4 +33,4 @@ def test_metrics_profile_small():
     from bench.profiling import load_profiles
 
     tables = load_profiles()["metrics"](torch.device("cpu"), "small")
-    assert tables and len(tables[0].rows) == 2
+    assert tables and len(tables[0].rows) == 3

@@ -67,6 +67,20 @@ def run_box_evaluator(n: int, batch: int = 250) -> float:
     return _timed(go)[0]
 
 
+def run_mask_evaluator(n: int, batch: int = 250) -> float:
+    from bench.metrics import MaskEvaluator
+
+    cams, masks, _ = _data(n)
+    ev = MaskEvaluator()
+
+    def go():
+        for i in range(0, n, batch):
+            ev.accumulate(cams[i:i + batch], masks[i:i + batch])
+        ev.compute()
+
+    return _timed(go)[0]
+
+
 @register_profile("metrics")
 def profile_metrics(device: torch.device, size: str) -> list[ProfileTable]:
     n = 5000 if size == "full" else 64
@@ -77,6 +91,16 @@ def profile_metrics(device: torch.device, size: str) -> list[ProfileTable]:
                      "thresholds": 1000, "boxes s": round(r["boxes_s"], 2),
                      "PxAP s": round(r["pxap_s"], 2), "total s": round(r["total_s"], 2),
                      "CPU s": round(r["boxes_cpu_s"] + r["pxap_cpu_s"], 2)})
+    # End to end through the evaluators (input validation, quantisation, V1 + V2, PxAP).
+    t0 = time.perf_counter()
+    run_box_evaluator(n)
+    box_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    run_mask_evaluator(n)
+    mask_s = time.perf_counter() - t0
+    rows.append({"boxes": "BoxEvaluator + MaskEvaluator", "maps": n, "HxW": "224x224",
+                 "thresholds": 1000, "boxes s": round(box_s, 2), "PxAP s": round(mask_s, 2),
+                 "total s": round(box_s + mask_s, 2), "CPU s": None})
     notes = [f"CPU only (the evaluators run on CPU whatever `device` is); torch threads "
              f"{torch.get_num_threads()}, os.cpu_count() {os.cpu_count()}, load average "
              f"{os.getloadavg()[0]:.1f} at the end.",

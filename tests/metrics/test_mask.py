@@ -139,3 +139,15 @@ def test_normalize_scoremaps():
         normalize_scoremaps(torch.rand(2, 3), (4, 4))
     with pytest.raises(TypeError):
         normalize_scoremaps(torch.zeros(1, 2, 2, dtype=torch.long), (4, 4))
+
+
+def test_top1_cls():
+    from bench.metrics import Top1Cls
+
+    t = Top1Cls()
+    # argmax [1, 0, 2] vs labels [1, 1, 2] -> 2 of 3
+    ok = t.accumulate(torch.tensor([[0.0, 1.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 3.0]]), torch.tensor([1, 1, 2]))
+    assert ok.tolist() == [True, False, True]
+    assert t.compute()["Top-1 Cls"] == pytest.approx(200 / 3)
+    with pytest.raises(ValueError):
+        t.accumulate(torch.zeros(2, 3), torch.zeros(3))
