@@ -46,6 +46,12 @@ def mask_histogram_reference(scores: torch.Tensor, mask: torch.Tensor, edges32: 
     return torch.bincount(keys, minlength=2 * nb + 1)[: 2 * nb].reshape(2, nb)
 
 
+if has_op("mask_histogram"):
+    @torch.library.register_fake("wsolbench::mask_histogram")
+    def _fake(scores, mask, edges, uniform_step):
+        return scores.new_empty((2, edges.shape[0] - 1), dtype=torch.int64)
+
+
 def mask_histogram(scores: torch.Tensor, mask: torch.Tensor, edges32: torch.Tensor, step: float) -> torch.Tensor:
     """`wsolbench::mask_histogram` when compiled (OpenMP), else the pure-torch reference."""
     if has_op("mask_histogram"):

@@ -115,3 +115,16 @@ def test_op_bad_inputs():
             torch.ops.wsolbench.region_boxes(torch.zeros(2, 4, 4, dtype=torch.uint8),
                                              torch.zeros(1, 4, dtype=torch.float64),
                                              torch.tensor([0, 1]), DELTAS, True)
+
+
+@needs_op
+def test_opcheck():
+    import bench.metrics.mask  # noqa: F401  (registers the fake kernels)
+
+    q = torch.from_numpy(smooth_map(np.random.default_rng(0), 9, 11)[None].repeat(2, 0))
+    flat, off = pack_boxes([torch.tensor([[1, 1, 5, 6]]), torch.tensor([[0, 0, 3, 3], [2, 2, 9, 8]])])
+    torch.library.opcheck(torch.ops.wsolbench.region_boxes.default, (q, flat, off, DELTAS, True))
+    s = torch.rand(50)
+    m = torch.randint(0, 2, (50,), dtype=torch.uint8)
+    edges = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0, 2.0, 3.0])
+    torch.library.opcheck(torch.ops.wsolbench.mask_histogram.default, (s, m, edges, 0.25))
