@@ -79,35 +79,38 @@ constexpr int kDx[8] = {1, 1, 0, -1, -1, -1, 0, 1};
 constexpr int kDy[8] = {0, -1, -1, -1, 0, 1, 1, 1};
 
 // Twice the cv2.contourArea of the outer border of the 8-connected component of {q >= v}
-// whose first raster pixel is (x0, y0). Suzuki-Abe border following, OpenCV's conventions.
-int64_t outer_area2(const uint8_t* q, int H, int W, int x0, int y0, int v) {
-  auto fg = [&](int x, int y) { return x >= 0 && y >= 0 && x < W && y < H && q[y * W + x] >= v; };
-  int s = 4, s_end = 4;
+// whose first raster pixel is p0. Suzuki-Abe border following, OpenCV's conventions (start
+// by searching clockwise from the left neighbour, then counter-clockwise from the previous
+// pixel; stop when back at the start coming from the first neighbour found). `qp` is the map
+// padded by one pixel of 0 (never foreground since v >= 1), row stride Wp, so no bounds checks.
+int64_t outer_area2(const uint8_t* qp, int Wp, int p0, int v) {
+  const int nb[8] = {1, 1 - Wp, -Wp, -1 - Wp, -1, -1 + Wp, Wp, 1 + Wp};
+  int s = 4;
   bool found = false;
-  do {
+  for (int i = 0; i < 8; ++i) {
     s = (s - 1) & 7;
-    if (fg(x0 + kDx[s], y0 + kDy[s])) {
+    if (qp[p0 + nb[s]] >= v) {
       found = true;
       break;
     }
-  } while (s != s_end);
+  }
   if (!found) return 0;  // single pixel
-  const int x1 = x0 + kDx[s], y1 = y0 + kDy[s];
-  int x3 = x0, y3 = y0;
+  const int p1 = p0 + nb[s];
+  int p3 = p0;
+  int x3 = p0 % Wp, y3 = p0 / Wp;
   int64_t acc = 0;
   for (;;) {
-    int x4 = 0, y4 = 0;
     for (int i = 1; i <= 8; ++i) {
-      int d = (s + i) & 7;
-      if (fg(x3 + kDx[d], y3 + kDy[d])) {
+      const int d = (s + i) & 7;
+      if (qp[p3 + nb[d]] >= v) {
         s = d;
-        x4 = x3 + kDx[d];
-        y4 = y3 + kDy[d];
         break;
       }
     }
+    const int p4 = p3 + nb[s], x4 = x3 + kDx[s], y4 = y3 + kDy[s];
     acc += int64_t(x3) * y4 - int64_t(x4) * y3;
-    if (x4 == x0 && y4 == y0 && x3 == x1 && y3 == y1) break;
+    if (p4 == p0 && p3 == p1) break;
+    p3 = p4;
     x3 = x4;
     y3 = y4;
     s = (s + 4) & 7;
@@ -138,6 +141,11 @@ void one_image(const uint8_t* q, int H, int W, const double* gt, int64_t m, cons
   // Pixels live in a padded index space (one pixel of margin, never added to a set) so that
   // neighbour visits need no bounds checks.
   const int Wp = W + 2, Np = (H + 2) * Wp;
+  std::vector<uint8_t> qpad;
+  if (largest) {
+    qpad.assign(Np, 0);
+    for (int y = 0; y < H; ++y) std::copy(q + y * W, q + (y + 1) * W, qpad.begin() + (y + 1) * Wp + 1);
+  }
   // Counting sort of (padded) pixel indices by value.
   std::vector<int32_t> start(kLevels + 1, 0), order(H * W);
   for (int i = 0; i < H * W; ++i) start[q[i] + 1]++;
@@ -233,8 +241,7 @@ void one_image(const uint8_t* q, int H, int W, const double* gt, int64_t m, cons
     for (int r : dirty) {
       if (uf.parent[r] != r || R[r].open != -v - 1) continue;
       R[r].open = v;
-      const int fy = R[r].first / Wp - 1, fx = R[r].first % Wp - 1;
-      heap.emplace(outer_area2(q, H, W, fx, fy, v), R[r].first, r, v);
+      heap.emplace(outer_area2(qpad.data(), Wp, R[r].first, v), R[r].first, r, v);
     }
     // Largest alive contour at level v - 1.
     while (!heap.empty()) {
