@@ -1,0 +1,44 @@
+"""WSOL evaluation metrics (PROTOCOL.md §2): box accuracies (MaxBoxAcc, MaxBoxAccV2, Top-1 Loc)
+and mask metrics (PxAP, Dice, mIoU). Evaluators stream: `accumulate` per batch keeps only
+counts/histograms, `compute` turns them into percentages.
+
+Public API::
+
+    normalize_scoremaps(cams: Tensor[B, h, w], size: tuple[int, int]) -> Tensor[B, H, W] float32
+    BoxEvaluator(iou_thresholds=(0.3, 0.5, 0.7), cam_curve_interval=0.001)
+        .accumulate(scoremaps [B, H, W] in [0, 1], gt_boxes: list[Tensor[M_i, 4]],
+                    cls_correct: Tensor[B] bool | None = None)
+        .compute() -> {"MaxBoxAcc", "MaxBoxAccV2", "MaxBoxAccV2@30", "MaxBoxAccV2@50",
+                       "MaxBoxAccV2@70", "best_tau", ["Top-1 Loc"]}
+        .curves() -> {"taus", "MaxBoxAcc@<d>", "MaxBoxAccV2@<d>", ["Top-1 Loc"]}
+        .reset()
+    MaskEvaluator(cam_curve_interval=0.001)
+        .accumulate(scoremaps [B, H, W] in [0, 1], masks uint8 [B, H, W] (0 bg, 1 fg, 255 ignore))
+        .compute(tau: float | None = None) -> {"PxAP", "best_tau", "tau", "Dice-fg", "Dice-bg", "mIoU"}
+        .curves() -> {"thresholds", "precision", "recall"}
+        .reset()
+    Top1Cls().accumulate(logits [B, C], labels [B]) -> bool [B]; .compute() -> {"Top-1 Cls"}
+
+Where this differs from the reference evaluator (wsolevaluation), by design or by necessity:
+
+* Resizing: bilinear (align_corners=False) as this project's protocol asks; the reference
+  uses cv2.INTER_CUBIC, so resized scores (not the normalisation) differ slightly.
+* Score maps are cast to float32 before quantisation (`uint8(s * 255)`, truncating) and before
+  the PxAP histogram, as the reference's float32 maps are.
+* Box threshold level is `int(tau * 255)`; the reference uses `int(tau * max(q))`, identical
+  for min-max normalised maps (max q = 255) and for all-zero maps (no foreground either way).
+* Boxes (V1 and V2) reproduce cv2.findContours(RETR_TREE) + boundingRect + contourArea +
+  Python's max() exactly, ties included (tests compare with cv2 level by level on random
+  maps; no disagreement found). See bench/ops/region_boxes.py for how.
+* PxAP: precision 0/0 (nothing predicted) is 0 instead of NaN; it only occurs where recall
+  does not change, so the AP is the reference's (nansum) value.
+* Dice / mIoU (histology extras): predicted foreground is `score >= tau` (the PxAP histogram's
+  convention), pooled over all non-ignored pixels; a given tau is snapped to the nearest grid
+  value (returned as "tau"); a class absent from both prediction and ground truth scores 100.
+"""
+from bench.metrics.box import BoxEvaluator
+from bench.metrics.cls import Top1Cls
+from bench.metrics.common import normalize_scoremaps, taus
+from bench.metrics.mask import MaskEvaluator
+
+__all__ = ["BoxEvaluator", "MaskEvaluator", "Top1Cls", "normalize_scoremaps", "taus"]
