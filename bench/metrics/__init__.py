@@ -21,8 +21,8 @@ Public API::
 
 Where this differs from the reference evaluator (wsolevaluation), by design or by necessity:
 
-* Resizing: bilinear (align_corners=False) as this project's protocol asks; the reference
-  uses cv2.INTER_CUBIC, so resized scores (not the normalisation) differ slightly.
+* Resizing: torch bicubic (align_corners=False), the kernel of the reference's
+  cv2.INTER_CUBIC (a = -0.75, pixel centres, replicated border); float rounding may differ.
 * Score maps are cast to float32 before quantisation (`uint8(s * 255)`, truncating) and before
   the PxAP histogram, as the reference's float32 maps are.
 * Box threshold level is `int(tau * 255)`; the reference uses `int(tau * max(q))`, identical

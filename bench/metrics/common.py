@@ -14,11 +14,11 @@ def taus(cam_curve_interval: float) -> np.ndarray:
 
 
 def normalize_scoremaps(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize CAMs [B, h, w] to `size` = (H, W) (bilinear, align_corners=False) and min-max
+    """Resize CAMs [B, h, w] to `size` = (H, W) (bicubic, align_corners=False) and min-max
     normalise each to [0, 1] in float32; a constant map or one containing NaN becomes zeros.
 
-    Note: the reference evaluator resizes with cv2.INTER_CUBIC; this harness uses bilinear
-    interpolation (the shared protocol of this project), so scores differ slightly near edges.
+    The reference evaluator resizes with cv2.INTER_CUBIC: the same Keys kernel (a = -0.75),
+    pixel-centre alignment and replicated border as torch's bicubic mode.
     The normalisation is the reference's: `(x - min) / max(x - min)` in float32."""
     if not isinstance(cams, torch.Tensor) or cams.dim() != 3:
         raise ValueError(f"normalize_scoremaps: cams must be a Tensor [B, h, w], got "
@@ -29,7 +29,7 @@ def normalize_scoremaps(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tens
         raise ValueError(f"normalize_scoremaps: size must be (H, W) > 0, got {size}")
     x = cams.detach().float()
     if tuple(x.shape[1:]) != tuple(size):
-        x = F.interpolate(x[:, None], size=tuple(int(s) for s in size), mode="bilinear",
+        x = F.interpolate(x[:, None], size=tuple(int(s) for s in size), mode="bicubic",
                           align_corners=False)[:, 0]
     flat = x.reshape(x.shape[0], -1)
     bad = torch.isnan(flat).any(1)

@@ -132,9 +132,14 @@ def test_normalize_scoremaps():
     big = normalize_scoremaps(torch.rand(3, 7, 7), (28, 21))
     assert big.shape == (3, 28, 21) and big.dtype == torch.float32
     assert torch.allclose(big.amin((1, 2)), torch.zeros(3)) and torch.allclose(big.amax((1, 2)), torch.ones(3))
-    # bilinear, align_corners=False: a 1x2 map [0, 1] resized to 1x4 -> [0, .25, .75, 1]
-    assert torch.allclose(normalize_scoremaps(torch.tensor([[[0.0, 1.0]]]), (1, 4))[0, 0],
-                          torch.tensor([0.0, 0.25, 0.75, 1.0]))
+    # the resize is the reference's cv2.INTER_CUBIC (then min-max normalised)
+    import cv2
+    import numpy as np
+
+    small = torch.rand(1, 7, 9, dtype=torch.float32)
+    ref = cv2.resize(small[0].numpy(), (36, 28), interpolation=cv2.INTER_CUBIC)
+    ref = (ref - ref.min()) / (ref - ref.min()).max()
+    assert np.abs(normalize_scoremaps(small, (28, 36))[0].numpy() - ref).max() < 1e-5
     with pytest.raises(ValueError):
         normalize_scoremaps(torch.rand(2, 3), (4, 4))
     with pytest.raises(TypeError):
