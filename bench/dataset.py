@@ -33,6 +33,7 @@ class Dataset:
     primary_metric: str = "MaxBoxAccV2"
     metrics: tuple[str, ...] = ()  # extra metrics shown in the leaderboard table
     negative_class: int | None = None  # class id of fully negative images, if any
+    num_classes: int = 0
     eval_size: int = 224  # score maps and ground truth are compared at eval_size x eval_size
     synthetic: bool = False  # generated on the spot (never "missing")
     Config = EmptyConfig
@@ -54,6 +55,15 @@ class Dataset:
     def splits(self, data_root: Path, budget) -> Splits:
         raise NotImplementedError
 
+    def localization_classes(self, labels: torch.Tensor) -> torch.Tensor:
+        """The class whose map is evaluated for each image (GT-known: its own label). A
+        dataset with a negative class (images without ROI, e.g. `normal` tissue) and one
+        positive class localizes the positive (ROI) class everywhere: a negative image is then
+        judged by how little ROI its map shows, not by a map of "normal" tissue."""
+        if self.negative_class is None or self.num_classes != 2:
+            return labels
+        return torch.full_like(labels, 1 - self.negative_class)
+
 
 class MetadataDataset(Dataset):
     """A dataset in the metadata format: images under `<root>/<image_dir>` and split folders
@@ -62,7 +72,6 @@ class MetadataDataset(Dataset):
     image_dir: str = ""  # default: the dataset name
     meta_name: str = ""  # default: the dataset name
     split_names: dict[str, str] = {"train": "train", "val": "val", "test": "test"}
-    num_classes: int = 0
     image_size: int = 224  # network input size (square) unless the budget sets one
     loc_file: str = "localization.txt"  # file with the test-time annotation
     extra_mask_file: str | None = None  # optional mask file for box datasets (adds PxAP)

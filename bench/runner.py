@@ -118,7 +118,7 @@ def evaluate(method, split, dataset, budget: Budget, device: torch.device, tau: 
     loader = make_loader(split, budget.batch_size, shuffle=False, num_workers=budget.num_workers)
     for batch in loader:
         images, labels = batch["image"].to(device), batch["label"].to(device)
-        loc = method.localize(images, labels)
+        loc = method.localize(images, dataset.localization_classes(labels))
         if loc.cams.dim() != 3 or loc.cams.shape[0] != images.shape[0]:
             raise ValueError(f"{method.name}.localize returned cams of shape {tuple(loc.cams.shape)}; "
                              f"expected [{images.shape[0]}, h, w]")

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.config import BUDGETS
 from bench.data.metadata import MetadataError, read_split
@@ -104,3 +105,13 @@ def test_mask_lines_and_empty_mask_field(tmp_path):
     (d / "localization.txt").write_text("a.png,a_m1.png,a_ign.png\na.png,a_m2.png,x.png\nb.png,,\n")
     with pytest.raises(MetadataError, match=r"localization\.txt:2: a second ignore mask"):
         read_split(d, "mask")
+
+
+def test_negative_class_datasets_localize_the_roi_class():
+    from bench.registry import get_dataset
+
+    labels = torch.tensor([0, 1, 1, 0])
+    tissue = get_dataset("synth-tissue")()
+    assert tissue.negative_class == 0
+    assert tissue.localization_classes(labels).tolist() == [1, 1, 1, 1]
+    assert TinyBoxes().localization_classes(labels).tolist() == [0, 1, 1, 0]  # GT-known otherwise

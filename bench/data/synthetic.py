@@ -106,7 +106,7 @@ class SynthObjectsConfig:
     seed: int = 0
     image_size: int = 96
     num_classes: int = 4
-    n_train: int = 250
+    n_train: int = 200
     n_val: int = 5
     n_test: int = 50
     backgrounds: Tuple[str, ...] = DEFAULT_BACKGROUNDS
