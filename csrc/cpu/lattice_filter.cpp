@@ -1,0 +1,408 @@
+// CPU kernel of wsolbench::lattice_filter (schema in csrc/ops/lattice_filter.cpp).
+//
+// Per image:
+//   1. embed: each point is lifted onto the d-dimensional hyperplane of Z^{d+1}; we find the
+//      enclosing simplex (remainder-0 vertex `rem0` and the permutation `rank`) and the d+1
+//      barycentric weights. Done in float64 whatever the value dtype so the lattice (a discrete
+//      structure) is identical to the pure-torch reference.
+//   2. build: the d+1 simplex vertices of every point are inserted into an open-addressing hash
+//      table sized from the input (2 * N * (d+1) slots, rounded up to a power of two) with a
+//      lock-free compare-and-swap insert (a slot stores the id of the first vertex carrying the
+//      key; keys are recomputed from (rem0, rank) of that vertex). Slots are compacted into dense
+//      lattice ids, then the splat is made a gather: a CSR list of (vertex) per lattice point,
+//      sorted so that sums are deterministic, and the 2 (d+1) blur neighbours are looked up once.
+//   3. filter: splat (parallel over lattice points, no atomics), blur along the d+1 directions
+//      with weights (0.5, 1, 0.5) (parallel over lattice points, double buffered), slice
+//      (parallel over points) times alpha = 1 / (1 + 2^-d). All K channels at once.
+// OpenMP over images when there are many small images, otherwise within an image.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "../ops/lattice_filter.h"
+
+namespace wsolbench {
+namespace {
+
+constexpr int kMaxD = 8;
+
+template <typename scalar_t>
+struct Lattice {
+  int d = 0;
+  int64_t n = 0;                 // points of the image
+  int64_t m = 0;                 // lattice points
+  std::vector<int32_t> rem0;     // n * (d+1)
+  std::vector<int8_t> rank;      // n * (d+1)
+  std::vector<scalar_t> weight;  // n * (d+1) barycentric weights
+  std::vector<int32_t> vlat;     // n * (d+1) lattice id of each vertex, -1 for invalid points
+  std::vector<int32_t> rep;      // m: a vertex carrying the lattice point's key
+  std::vector<int32_t> ptr;      // m + 1: CSR offsets of the vertices splatting into a point
+  std::vector<int32_t> vtx;      // CSR vertex ids
+  std::vector<int32_t> nbr;      // m * (d+1) * 2: blur neighbours (-1 when absent)
+  std::vector<int32_t> table;    // hash slots: vertex id or -1
+
+  inline void key_of(int64_t v, int32_t* key) const {
+    const int64_t p = v / (d + 1);
+    const int r = static_cast<int>(v - p * (d + 1));
+    const int32_t* r0 = &rem0[p * (d + 1)];
+    const int8_t* rk = &rank[p * (d + 1)];
+    for (int i = 0; i < d; ++i) key[i] = r0[i] + (rk[i] <= d - r ? r : r - (d + 1));
+  }
+};
+
+inline uint64_t hash_key(const int32_t* key, int d) {
+  uint64_t h = 0x2545F4914F6CDD1DULL;
+  for (int i = 0; i < d; ++i) {
+    h ^= static_cast<uint32_t>(key[i]);
+    h *= 0x9E3779B97F4A7C15ULL;
+    h ^= h >> 29;
+  }
+  return h;
+}
+
+// Lookup only (after the build): lattice slot holding `key`, or -1.
+template <typename scalar_t>
+inline int64_t find_slot(const Lattice<scalar_t>& L, const int32_t* key, uint64_t mask) {
+  int32_t other[kMaxD];
+  uint64_t s = hash_key(key, L.d) & mask;
+  while (true) {
+    const int32_t owner = L.table[s];
+    if (owner < 0) return -1;
+    L.key_of(owner, other);
+    if (std::memcmp(other, key, sizeof(int32_t) * L.d) == 0) return static_cast<int64_t>(s);
+    s = (s + 1) & mask;
+  }
+}
+
+// Lift points onto the lattice: rem0, rank, barycentric weights (steps as in Adams et al.).
+template <typename scalar_t>
+void embed(Lattice<scalar_t>& L, const double* feat /* [n, d] */, const uint8_t* valid, int nt) {
+  const int d = L.d;
+  const int64_t n = L.n;
+  const double inv_std = std::sqrt(2.0 / 3.0) * (d + 1);
+  double scale[kMaxD];
+  for (int i = 0; i < d; ++i) scale[i] = inv_std / std::sqrt(static_cast<double>((i + 1) * (i + 2)));
+  const double down = 1.0 / (d + 1);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t p = 0; p < n; ++p) {
+    int32_t* r0 = &L.rem0[p * (d + 1)];
+    int8_t* rk = &L.rank[p * (d + 1)];
+    scalar_t* w = &L.weight[p * (d + 1)];
+    if (valid != nullptr && !valid[p]) {
+      for (int i = 0; i <= d; ++i) { r0[i] = 0; rk[i] = 0; w[i] = 0; }
+      continue;
+    }
+    const double* f = feat + p * d;
+    double el[kMaxD + 1], bary[kMaxD + 2];
+    double sm = 0.0;
+    for (int j = d; j > 0; --j) {
+      const double cf = f[j - 1] * scale[j - 1];
+      el[j] = sm - j * cf;
+      sm += cf;
+    }
+    el[0] = sm;
+    int64_t sum = 0;
+    int32_t rem[kMaxD + 1];
+    int rnk[kMaxD + 1];
+    for (int i = 0; i <= d; ++i) {
+      const double rd = std::nearbyint(el[i] * down);
+      rem[i] = static_cast<int32_t>(rd) * (d + 1);
+      sum += static_cast<int64_t>(rd);
+      rnk[i] = 0;
+    }
+    for (int i = 0; i < d; ++i) {
+      const double di = el[i] - rem[i];
+      for (int j = i + 1; j <= d; ++j) {
+        if (di < el[j] - rem[j]) rnk[i]++; else rnk[j]++;
+      }
+    }
+    for (int i = 0; i <= d; ++i) {
+      rnk[i] += static_cast<int>(sum);
+      if (rnk[i] < 0) { rnk[i] += d + 1; rem[i] += d + 1; }
+      else if (rnk[i] > d) { rnk[i] -= d + 1; rem[i] -= d + 1; }
+    }
+    for (int i = 0; i <= d + 1; ++i) bary[i] = 0.0;
+    for (int i = 0; i <= d; ++i) {
+      const double v = (el[i] - rem[i]) * down;
+      bary[d - rnk[i]] += v;
+      bary[d - rnk[i] + 1] -= v;
+    }
+    bary[0] += 1.0 + bary[d + 1];
+    for (int i = 0; i <= d; ++i) {
+      r0[i] = rem[i];
+      rk[i] = static_cast<int8_t>(rnk[i]);
+      w[i] = static_cast<scalar_t>(bary[i]);
+    }
+  }
+}
+
+template <typename scalar_t>
+void build(Lattice<scalar_t>& L, const uint8_t* valid, int nt) {
+  const int d = L.d;
+  const int64_t nv = L.n * (d + 1);
+  uint64_t cap = 16;
+  while (cap < static_cast<uint64_t>(2 * nv)) cap <<= 1;
+  const uint64_t mask = cap - 1;
+  L.table.assign(cap, -1);
+  L.vlat.resize(nv);
+  int32_t* table = L.table.data();
+
+  // 1. lock-free insert; vlat temporarily holds the slot of each vertex.
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t v = 0; v < nv; ++v) {
+    if (valid != nullptr && !valid[v / (d + 1)]) { L.vlat[v] = -1; continue; }
+    int32_t key[kMaxD], other[kMaxD];
+    L.key_of(v, key);
+    uint64_t s = hash_key(key, d) & mask;
+    while (true) {
+      int32_t owner = __atomic_load_n(&table[s], __ATOMIC_ACQUIRE);
+      if (owner < 0) {
+        int32_t expected = -1;
+        if (__atomic_compare_exchange_n(&table[s], &expected, static_cast<int32_t>(v), false,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+          break;
+        }
+        owner = expected;
+      }
+      L.key_of(owner, other);
+      if (std::memcmp(other, key, sizeof(int32_t) * d) == 0) break;
+      s = (s + 1) & mask;
+    }
+    L.vlat[v] = static_cast<int32_t>(s);
+  }
+
+  // 2. compact slots into dense ids (two-pass parallel count).
+  std::vector<int32_t> slot_id(cap);
+  const int chunks = std::max(1, nt);
+  std::vector<int64_t> counts(chunks + 1, 0);
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+  for (int c = 0; c < chunks; ++c) {
+    const uint64_t lo = cap * c / chunks, hi = cap * (c + 1) / chunks;
+    int64_t cnt = 0;
+    for (uint64_t s = lo; s < hi; ++s) cnt += table[s] >= 0;
+    counts[c + 1] = cnt;
+  }
+  for (int c = 0; c < chunks; ++c) counts[c + 1] += counts[c];
+  L.m = counts[chunks];
+  L.rep.resize(L.m);
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+  for (int c = 0; c < chunks; ++c) {
+    const uint64_t lo = cap * c / chunks, hi = cap * (c + 1) / chunks;
+    int64_t id = counts[c];
+    for (uint64_t s = lo; s < hi; ++s) {
+      if (table[s] >= 0) {
+        slot_id[s] = static_cast<int32_t>(id);
+        L.rep[id] = table[s];
+        ++id;
+      } else {
+        slot_id[s] = -1;
+      }
+    }
+  }
+  const int64_t m = L.m;
+  std::vector<int32_t> fill(m + 1, 0);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t v = 0; v < nv; ++v) {
+    if (L.vlat[v] < 0) continue;
+    const int32_t id = slot_id[L.vlat[v]];
+    L.vlat[v] = id;
+    __atomic_fetch_add(&fill[id + 1], 1, __ATOMIC_RELAXED);
+  }
+
+  // 3. CSR (lattice point -> vertices), sorted per point for deterministic sums.
+  L.ptr.assign(m + 1, 0);
+  for (int64_t i = 0; i < m; ++i) L.ptr[i + 1] = L.ptr[i] + fill[i + 1];
+  std::copy(L.ptr.begin(), L.ptr.end() - 1, fill.begin());
+  L.vtx.resize(L.ptr[m]);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t v = 0; v < nv; ++v) {
+    const int32_t id = L.vlat[v];
+    if (id < 0) continue;
+    const int32_t at = __atomic_fetch_add(&fill[id], 1, __ATOMIC_RELAXED);
+    L.vtx[at] = static_cast<int32_t>(v);
+  }
+#pragma omp parallel for schedule(dynamic, 256) num_threads(nt)
+  for (int64_t i = 0; i < m; ++i) {
+    if (L.ptr[i + 1] - L.ptr[i] > 1) std::sort(L.vtx.begin() + L.ptr[i], L.vtx.begin() + L.ptr[i + 1]);
+  }
+
+  // 4. blur neighbours along each of the d+1 lattice directions.
+  L.nbr.resize(m * (d + 1) * 2);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t i = 0; i < m; ++i) {
+    int32_t key[kMaxD], k1[kMaxD], k2[kMaxD];
+    L.key_of(L.rep[i], key);
+    for (int j = 0; j <= d; ++j) {
+      for (int c = 0; c < d; ++c) { k1[c] = key[c] - 1; k2[c] = key[c] + 1; }
+      if (j < d) { k1[j] = key[j] + d; k2[j] = key[j] - d; }
+      const int64_t s1 = find_slot(L, k1, mask), s2 = find_slot(L, k2, mask);
+      L.nbr[(i * (d + 1) + j) * 2 + 0] = s1 < 0 ? -1 : slot_id[s1];
+      L.nbr[(i * (d + 1) + j) * 2 + 1] = s2 < 0 ? -1 : slot_id[s2];
+    }
+  }
+  L.table.clear();
+  L.table.shrink_to_fit();
+}
+
+// vals: [n, K] point-major; out: [n, K]. reverse = transpose (blur directions d..0).
+template <typename scalar_t>
+void filter(const Lattice<scalar_t>& L, const scalar_t* vals, int64_t K, bool reverse, scalar_t* out, int nt) {
+  const int d = L.d;
+  const int64_t m = L.m, n = L.n;
+  std::vector<scalar_t> a(m * K), b(m * K);
+  // splat (gather form)
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t i = 0; i < m; ++i) {
+    scalar_t* acc = &a[i * K];
+    for (int64_t k = 0; k < K; ++k) acc[k] = 0;
+    for (int32_t e = L.ptr[i]; e < L.ptr[i + 1]; ++e) {
+      const int32_t v = L.vtx[e];
+      const scalar_t w = L.weight[v];
+      const scalar_t* src = vals + (v / (d + 1)) * K;
+      for (int64_t k = 0; k < K; ++k) acc[k] += w * src[k];
+    }
+  }
+  // blur
+  scalar_t* cur = a.data();
+  scalar_t* nxt = b.data();
+  for (int step = 0; step <= d; ++step) {
+    const int j = reverse ? d - step : step;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t i = 0; i < m; ++i) {
+      const int32_t n1 = L.nbr[(i * (d + 1) + j) * 2 + 0];
+      const int32_t n2 = L.nbr[(i * (d + 1) + j) * 2 + 1];
+      const scalar_t* c = cur + i * K;
+      scalar_t* o = nxt + i * K;
+      if (n1 >= 0 && n2 >= 0) {
+        const scalar_t* x1 = cur + static_cast<int64_t>(n1) * K;
+        const scalar_t* x2 = cur + static_cast<int64_t>(n2) * K;
+        for (int64_t k = 0; k < K; ++k) o[k] = c[k] + scalar_t(0.5) * (x1[k] + x2[k]);
+      } else if (n1 >= 0) {
+        const scalar_t* x1 = cur + static_cast<int64_t>(n1) * K;
+        for (int64_t k = 0; k < K; ++k) o[k] = c[k] + scalar_t(0.5) * (x1[k] + scalar_t(0));
+      } else if (n2 >= 0) {
+        const scalar_t* x2 = cur + static_cast<int64_t>(n2) * K;
+        for (int64_t k = 0; k < K; ++k) o[k] = c[k] + scalar_t(0.5) * (scalar_t(0) + x2[k]);
+      } else {
+        for (int64_t k = 0; k < K; ++k) o[k] = c[k];
+      }
+    }
+    std::swap(cur, nxt);
+  }
+  // slice
+  const scalar_t alpha = static_cast<scalar_t>(1.0 / (1.0 + std::pow(2.0, -d)));
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t p = 0; p < n; ++p) {
+    scalar_t* o = out + p * K;
+    for (int64_t k = 0; k < K; ++k) o[k] = 0;
+    if (L.vlat[p * (d + 1)] < 0) continue;
+    for (int r = 0; r <= d; ++r) {
+      const int32_t id = L.vlat[p * (d + 1) + r];
+      const scalar_t w = L.weight[p * (d + 1) + r];
+      const scalar_t* src = cur + static_cast<int64_t>(id) * K;
+      for (int64_t k = 0; k < K; ++k) o[k] += w * src[k];
+    }
+    for (int64_t k = 0; k < K; ++k) o[k] *= alpha;
+  }
+}
+
+template <typename scalar_t>
+void filter_image(const double* feat, const scalar_t* vals, const uint8_t* valid, int d, int64_t n, int64_t K,
+                  bool normalize, bool transpose, scalar_t* out, int nt) {
+  if (n * (d + 1) < (1 << 14)) nt = 1;  // fork/join costs more than the work
+  Lattice<scalar_t> L;
+  L.d = d;
+  L.n = n;
+  L.rem0.resize(n * (d + 1));
+  L.rank.resize(n * (d + 1));
+  L.weight.resize(n * (d + 1));
+  embed(L, feat, valid, nt);
+  build(L, valid, nt);
+  if (!normalize) {
+    filter(L, vals, K, transpose, out, nt);
+    return;
+  }
+  if (!transpose) {
+    // one pass over K + 1 channels: the values and a channel of ones
+    std::vector<scalar_t> ext(n * (K + 1)), res(n * (K + 1));
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t p = 0; p < n; ++p) {
+      for (int64_t k = 0; k < K; ++k) ext[p * (K + 1) + k] = vals[p * K + k];
+      ext[p * (K + 1) + K] = scalar_t(1);
+    }
+    filter(L, ext.data(), K + 1, false, res.data(), nt);
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t p = 0; p < n; ++p) {
+      const scalar_t nrm = res[p * (K + 1) + K];
+      for (int64_t k = 0; k < K; ++k) out[p * K + k] = nrm > 0 ? res[p * (K + 1) + k] / nrm : scalar_t(0);
+    }
+    return;
+  }
+  // transpose of the normalized filter: W^T diag(1 / W 1)
+  std::vector<scalar_t> ones(n, scalar_t(1)), nrm(n), scaled(n * K);
+  filter(L, ones.data(), 1, false, nrm.data(), nt);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t p = 0; p < n; ++p) {
+    for (int64_t k = 0; k < K; ++k) scaled[p * K + k] = nrm[p] > 0 ? vals[p * K + k] / nrm[p] : scalar_t(0);
+  }
+  filter(L, scaled.data(), K, true, out, nt);
+}
+
+template <typename scalar_t>
+void run_batch(const at::Tensor& feat, const at::Tensor& vals, const at::Tensor& vmask, at::Tensor& out, int64_t B,
+               int64_t d, int64_t N, int64_t K, bool normalize, bool transpose, bool per_image, int threads) {
+  const double* fp = feat.data_ptr<double>();
+  const scalar_t* vp = vals.data_ptr<scalar_t>();
+  scalar_t* op = out.data_ptr<scalar_t>();
+  const uint8_t* mp = vmask.defined() ? vmask.data_ptr<uint8_t>() : nullptr;
+  if (per_image) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (int64_t b = 0; b < B; ++b) {
+      filter_image<scalar_t>(fp + b * N * d, vp + b * N * K, mp ? mp + b * N : nullptr, static_cast<int>(d), N, K,
+                             normalize, transpose, op + b * N * K, 1);
+    }
+  } else {
+    for (int64_t b = 0; b < B; ++b) {
+      filter_image<scalar_t>(fp + b * N * d, vp + b * N * K, mp ? mp + b * N : nullptr, static_cast<int>(d), N, K,
+                             normalize, transpose, op + b * N * K, threads);
+    }
+  }
+}
+
+at::Tensor lattice_filter_cpu(const at::Tensor& features, const at::Tensor& values,
+                              const c10::optional<at::Tensor>& valid, bool normalize, bool transpose) {
+  check_lattice_args(features, values, valid);
+  TORCH_CHECK(features.device().is_cpu(), "lattice_filter: features must be a CPU tensor here");
+  const int64_t B = features.size(0), d = features.size(1), N = features.size(2), K = values.size(1);
+  auto feat = features.to(at::kDouble).transpose(1, 2).contiguous();  // [B, N, d]
+  auto vals = values.transpose(1, 2).contiguous();                    // [B, N, K]
+  at::Tensor vmask;
+  if (valid.has_value()) vmask = valid->to(at::kByte).contiguous();
+  auto out = at::zeros({B, N, K}, values.options().memory_format(at::MemoryFormat::Contiguous));
+  if (B == 0 || N == 0 || K == 0) return out.transpose(1, 2).contiguous();
+  const int threads = std::max(1, at::get_num_threads());
+  // many small images: one image per thread; otherwise all threads inside each image.
+  const bool per_image = threads > 1 && B >= threads && N * (d + 1) < (1 << 17);
+  if (values.scalar_type() == at::kDouble) {
+    run_batch<double>(feat, vals, vmask, out, B, d, N, K, normalize, transpose, per_image, threads);
+  } else {
+    run_batch<float>(feat, vals, vmask, out, B, d, N, K, normalize, transpose, per_image, threads);
+  }
+  return out.transpose(1, 2).contiguous();
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(wsolbench, CPU, m) {
+  m.impl("lattice_filter", &lattice_filter_cpu);
+}
+
+}  // namespace wsolbench
