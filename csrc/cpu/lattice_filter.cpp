@@ -22,6 +22,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -63,23 +66,13 @@ inline uint64_t hash_key(const int32_t* key, int d) {
   for (int i = 0; i < d; ++i) {
     h ^= static_cast<uint32_t>(key[i]);
     h *= 0x9E3779B97F4A7C15ULL;
-    h ^= h >> 29;
   }
+  h ^= h >> 33;  // murmur3 finaliser: the low bits used as the slot depend on every coordinate
+  h *= 0xFF51AFD7ED558CCDULL;
+  h ^= h >> 33;
+  h *= 0xC4CEB9FE1A85EC53ULL;
+  h ^= h >> 33;
   return h;
-}
-
-// Lookup only (after the build): lattice slot holding `key`, or -1.
-template <typename scalar_t>
-inline int64_t find_slot(const Lattice<scalar_t>& L, const int32_t* key, uint64_t mask) {
-  int32_t other[kMaxD];
-  uint64_t s = hash_key(key, L.d) & mask;
-  while (true) {
-    const int32_t owner = L.table[s];
-    if (owner < 0) return -1;
-    L.key_of(owner, other);
-    if (std::memcmp(other, key, sizeof(int32_t) * L.d) == 0) return static_cast<int64_t>(s);
-    s = (s + 1) & mask;
-  }
 }
 
 // Lift points onto the lattice: rem0, rank, barycentric weights (steps as in Adams et al.).
@@ -151,34 +144,56 @@ void build(Lattice<scalar_t>& L, const uint8_t* valid, int nt) {
   uint64_t cap = 16;
   while (cap < static_cast<uint64_t>(2 * nv)) cap <<= 1;
   const uint64_t mask = cap - 1;
+  auto tb0 = std::chrono::steady_clock::now();
   L.table.assign(cap, -1);
   L.vlat.resize(nv);
   int32_t* table = L.table.data();
 
-  // 1. lock-free insert; vlat temporarily holds the slot of each vertex.
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (int64_t v = 0; v < nv; ++v) {
-    if (valid != nullptr && !valid[v / (d + 1)]) { L.vlat[v] = -1; continue; }
-    int32_t key[kMaxD], other[kMaxD];
-    L.key_of(v, key);
-    uint64_t s = hash_key(key, d) & mask;
-    while (true) {
-      int32_t owner = __atomic_load_n(&table[s], __ATOMIC_ACQUIRE);
-      if (owner < 0) {
-        int32_t expected = -1;
-        if (__atomic_compare_exchange_n(&table[s], &expected, static_cast<int32_t>(v), false,
-                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-          break;
-        }
-        owner = expected;
+  // 1. lock-free insert; vlat temporarily holds the slot of each vertex. Neighbouring points
+  //    mostly share their simplex, so each thread first compares a vertex's key with the key of
+  //    the same-remainder vertex of the previous point it handled and skips the probe on a hit.
+#pragma omp parallel num_threads(nt)
+  {
+    int32_t prev_key[kMaxD + 1][kMaxD];
+    int64_t prev_slot[kMaxD + 1];
+    for (int r = 0; r <= d; ++r) prev_slot[r] = -1;
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < L.n; ++p) {
+      if (valid != nullptr && !valid[p]) {
+        for (int r = 0; r <= d; ++r) L.vlat[p * (d + 1) + r] = -1;
+        continue;
       }
-      L.key_of(owner, other);
-      if (std::memcmp(other, key, sizeof(int32_t) * d) == 0) break;
-      s = (s + 1) & mask;
+      for (int r = 0; r <= d; ++r) {
+        const int64_t v = p * (d + 1) + r;
+        int32_t key[kMaxD], other[kMaxD];
+        L.key_of(v, key);
+        if (prev_slot[r] >= 0 && std::memcmp(prev_key[r], key, sizeof(int32_t) * d) == 0) {
+          L.vlat[v] = static_cast<int32_t>(prev_slot[r]);
+          continue;
+        }
+        uint64_t s = hash_key(key, d) & mask;
+        while (true) {
+          int32_t owner = __atomic_load_n(&table[s], __ATOMIC_ACQUIRE);
+          if (owner < 0) {
+            int32_t expected = -1;
+            if (__atomic_compare_exchange_n(&table[s], &expected, static_cast<int32_t>(v), false, __ATOMIC_ACQ_REL,
+                                            __ATOMIC_ACQUIRE)) {
+              break;
+            }
+            owner = expected;
+          }
+          L.key_of(owner, other);
+          if (std::memcmp(other, key, sizeof(int32_t) * d) == 0) break;
+          s = (s + 1) & mask;
+        }
+        L.vlat[v] = static_cast<int32_t>(s);
+        std::memcpy(prev_key[r], key, sizeof(int32_t) * d);
+        prev_slot[r] = static_cast<int64_t>(s);
+      }
     }
-    L.vlat[v] = static_cast<int32_t>(s);
   }
 
+  auto tb1 = std::chrono::steady_clock::now();
   // 2. compact slots into dense ids (two-pass parallel count).
   std::vector<int32_t> slot_id(cap);
   const int chunks = std::max(1, nt);
@@ -214,7 +229,7 @@ void build(Lattice<scalar_t>& L, const uint8_t* valid, int nt) {
     if (L.vlat[v] < 0) continue;
     const int32_t id = slot_id[L.vlat[v]];
     L.vlat[v] = id;
-    __atomic_fetch_add(&fill[id + 1], 1, __ATOMIC_RELAXED);
+    if (nt > 1) __atomic_fetch_add(&fill[id + 1], 1, __ATOMIC_RELAXED); else ++fill[id + 1];
   }
 
   // 3. CSR (lattice point -> vertices), sorted per point for deterministic sums.
@@ -226,30 +241,60 @@ void build(Lattice<scalar_t>& L, const uint8_t* valid, int nt) {
   for (int64_t v = 0; v < nv; ++v) {
     const int32_t id = L.vlat[v];
     if (id < 0) continue;
-    const int32_t at = __atomic_fetch_add(&fill[id], 1, __ATOMIC_RELAXED);
+    const int32_t at = nt > 1 ? __atomic_fetch_add(&fill[id], 1, __ATOMIC_RELAXED) : fill[id]++;
     L.vtx[at] = static_cast<int32_t>(v);
   }
-#pragma omp parallel for schedule(dynamic, 256) num_threads(nt)
+  // (one thread fills in vertex order: already sorted)
+#pragma omp parallel for schedule(dynamic, 256) num_threads(nt) if (nt > 1)
   for (int64_t i = 0; i < m; ++i) {
-    if (L.ptr[i + 1] - L.ptr[i] > 1) std::sort(L.vtx.begin() + L.ptr[i], L.vtx.begin() + L.ptr[i + 1]);
+    if (nt > 1 && L.ptr[i + 1] - L.ptr[i] > 1) std::sort(L.vtx.begin() + L.ptr[i], L.vtx.begin() + L.ptr[i + 1]);
   }
 
-  // 4. blur neighbours along each of the d+1 lattice directions.
+  auto tb3 = std::chrono::steady_clock::now();
+  // 4. blur neighbours along each of the d+1 lattice directions, looked up in a second, compact
+  //    table over the m lattice points (2m slots, keys stored densely: cache resident).
+  L.table.clear();
+  L.table.shrink_to_fit();
+  std::vector<int32_t>().swap(slot_id);
+  std::vector<int32_t> lkeys(m * d);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t i = 0; i < m; ++i) L.key_of(L.rep[i], &lkeys[i * d]);
+  uint64_t cap2 = 16;
+  while (cap2 < static_cast<uint64_t>(2 * m)) cap2 <<= 1;
+  const uint64_t mask2 = cap2 - 1;
+  std::vector<int32_t> t2(cap2, -1);
+  for (int64_t i = 0; i < m; ++i) {  // keys are unique: no comparison needed
+    uint64_t s = hash_key(&lkeys[i * d], d) & mask2;
+    while (t2[s] >= 0) s = (s + 1) & mask2;
+    t2[s] = static_cast<int32_t>(i);
+  }
+  auto lookup = [&](const int32_t* key) -> int32_t {
+    uint64_t s = hash_key(key, d) & mask2;
+    while (true) {
+      const int32_t id = t2[s];
+      if (id < 0) return -1;
+      if (std::memcmp(&lkeys[static_cast<int64_t>(id) * d], key, sizeof(int32_t) * d) == 0) return id;
+      s = (s + 1) & mask2;
+    }
+  };
   L.nbr.resize(m * (d + 1) * 2);
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t i = 0; i < m; ++i) {
-    int32_t key[kMaxD], k1[kMaxD], k2[kMaxD];
-    L.key_of(L.rep[i], key);
+    int32_t k1[kMaxD], k2[kMaxD];
+    const int32_t* key = &lkeys[i * d];
     for (int j = 0; j <= d; ++j) {
       for (int c = 0; c < d; ++c) { k1[c] = key[c] - 1; k2[c] = key[c] + 1; }
       if (j < d) { k1[j] = key[j] + d; k2[j] = key[j] - d; }
-      const int64_t s1 = find_slot(L, k1, mask), s2 = find_slot(L, k2, mask);
-      L.nbr[(i * (d + 1) + j) * 2 + 0] = s1 < 0 ? -1 : slot_id[s1];
-      L.nbr[(i * (d + 1) + j) * 2 + 1] = s2 < 0 ? -1 : slot_id[s2];
+      L.nbr[(i * (d + 1) + j) * 2 + 0] = lookup(k1);
+      L.nbr[(i * (d + 1) + j) * 2 + 1] = lookup(k2);
     }
   }
-  L.table.clear();
-  L.table.shrink_to_fit();
+  auto tb4 = std::chrono::steady_clock::now();
+  if (std::getenv("WSOL_LATTICE_TIMING") != nullptr)
+    std::fprintf(stderr, "[lattice build] insert %.2f compact+csr %.2f nbrs %.2f ms\n",
+                 std::chrono::duration<double, std::milli>(tb1 - tb0).count(),
+                 std::chrono::duration<double, std::milli>(tb3 - tb1).count(),
+                 std::chrono::duration<double, std::milli>(tb4 - tb3).count());
 }
 
 // vals: [n, K] point-major; out: [n, K]. reverse = transpose (blur directions d..0).
@@ -324,8 +369,17 @@ void filter_image(const double* feat, const scalar_t* vals, const uint8_t* valid
   L.rem0.resize(n * (d + 1));
   L.rank.resize(n * (d + 1));
   L.weight.resize(n * (d + 1));
+  static const bool timing = std::getenv("WSOL_LATTICE_TIMING") != nullptr;
+  auto t0 = std::chrono::steady_clock::now();
   embed(L, feat, valid, nt);
+  auto t1 = std::chrono::steady_clock::now();
   build(L, valid, nt);
+  auto t2 = std::chrono::steady_clock::now();
+  if (timing) {
+    std::fprintf(stderr, "[lattice] n=%lld m=%lld embed %.2f ms build %.2f ms\n", (long long)n, (long long)L.m,
+                 std::chrono::duration<double, std::milli>(t1 - t0).count(),
+                 std::chrono::duration<double, std::milli>(t2 - t1).count());
+  }
   if (!normalize) {
     filter(L, vals, K, transpose, out, nt);
     return;
