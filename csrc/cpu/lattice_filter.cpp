@@ -362,7 +362,9 @@ void filter(const Lattice<scalar_t>& L, const scalar_t* vals, int64_t K, bool re
 template <typename scalar_t>
 void filter_image(const double* feat, const scalar_t* vals, const uint8_t* valid, int d, int64_t n, int64_t K,
                   bool normalize, bool transpose, scalar_t* out, int nt) {
-  if (n * (d + 1) < (1 << 14)) nt = 1;  // fork/join costs more than the work
+  // below ~64k vertices the fork/join of the ~15 parallel regions costs more than the work
+  // (and far more when the cores are oversubscribed): run serially
+  if (n * (d + 1) < (1 << 16)) nt = 1;
   Lattice<scalar_t> L;
   L.d = d;
   L.n = n;
