@@ -166,17 +166,21 @@ def test_empty_and_all_invalid():
 
 
 @needs_op
-def test_threads_deterministic():
-    f, v, valid = _inputs(3, 5, 4, 4000, torch.float32, seed=11, valid_frac=0.9)
+@pytest.mark.parametrize("B,N", [(3, 4000), (1, 12000)])  # one image per thread / threads inside an image
+def test_threads_deterministic(B, N):
+    f, v, valid = _inputs(B, 5, 4, N, torch.float32, seed=11, valid_frac=0.9)
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         a = lattice_filter_op(f, v, valid)
         torch.set_num_threads(2)
         b = lattice_filter_op(f, v, valid)
+        c = lattice_filter_op(f, v, valid, True, True)
     finally:
         torch.set_num_threads(old)
     assert torch.equal(a, b)
+    if N > 10000:  # the multi-threaded build gives the reference's lattice
+        _close(c, lattice_filter_reference(f, v, valid, True, True), 1e-5)
 
 
 @pytest.mark.cuda
