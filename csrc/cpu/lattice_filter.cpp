@@ -167,6 +167,7 @@ void build(Lattice<scalar_t>& L, const uint8_t* valid, int nt) {
       int32_t prev_key[kMaxD + 1][kMaxD];
       int64_t prev_slot[kMaxD + 1];
       for (int r = 0; r <= d; ++r) prev_slot[r] = -1;
+      int64_t prev_p = -1;  // previous point handled by this thread
 #pragma omp for schedule(static)
       for (int64_t p = 0; p < L.n; ++p) {
         if (__atomic_load_n(&overflow, __ATOMIC_RELAXED)) continue;
@@ -174,6 +175,14 @@ void build(Lattice<scalar_t>& L, const uint8_t* valid, int nt) {
           for (int r = 0; r <= d; ++r) L.vlat[p * (d + 1) + r] = -1;
           continue;
         }
+        // same simplex as the previous point (the common case on smooth images): reuse its slots
+        if (prev_p >= 0 &&
+            std::memcmp(&L.rem0[p * (d + 1)], &L.rem0[prev_p * (d + 1)], sizeof(int32_t) * (d + 1)) == 0 &&
+            std::memcmp(&L.rank[p * (d + 1)], &L.rank[prev_p * (d + 1)], sizeof(int8_t) * (d + 1)) == 0) {
+          for (int r = 0; r <= d; ++r) L.vlat[p * (d + 1) + r] = L.vlat[prev_p * (d + 1) + r];
+          continue;
+        }
+        prev_p = p;
         for (int r = 0; r <= d; ++r) {
           const int64_t v = p * (d + 1) + r;
           int32_t key[kMaxD], other[kMaxD];
