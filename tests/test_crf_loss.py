@@ -161,3 +161,18 @@ def test_pad_shots():
     assert padded.shape == (3, 3, 1)
     assert padded[:, :, 0].tolist() == [[0, 0, 0], [1, 2, 3], [4, 5, 0]]
     assert mask.tolist() == [[True, False, False], [True, True, True], [True, True, False]]
+
+
+def test_pure_torch_fallback_matches_op(monkeypatch):
+    import bench.ops.lattice_filter as lf
+
+    images, probs = _case(dtype=torch.float64)
+    p1 = probs.clone().requires_grad_(True)
+    loss_op = crf_loss(images, p1, weight=1.0)
+    loss_op.backward()
+    monkeypatch.setattr(lf, "_has_op", lambda: False)
+    p2 = probs.clone().requires_grad_(True)
+    loss = crf_loss(images, p2, weight=1.0)
+    loss.backward()
+    torch.testing.assert_close(loss, loss_op, rtol=1e-10, atol=0)
+    torch.testing.assert_close(p2.grad, p1.grad, rtol=1e-10, atol=1e-12)
