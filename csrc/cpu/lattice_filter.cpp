@@ -250,31 +250,53 @@ void build(Lattice<scalar_t>& L, const uint8_t* valid, int nt) {
     }
   }
   const int64_t m = L.m;
-  std::vector<int32_t> fill(m + 1, 0);
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (int64_t v = 0; v < nv; ++v) {
-    if (L.vlat[v] < 0) continue;
-    const int32_t id = slot_id[L.vlat[v]];
-    L.vlat[v] = id;
-    if (nt > 1) __atomic_fetch_add(&fill[id + 1], 1, __ATOMIC_RELAXED); else ++fill[id + 1];
+  // 3. CSR (lattice point -> vertices) without atomics, in vertex order (deterministic sums):
+  //    each thread counts its static chunk of vertices, a prefix over (point, thread) gives every
+  //    thread its own write offsets, then each thread fills its chunk in order.
+  const int T = std::max(1, nt);
+  std::vector<int32_t> cnt(static_cast<size_t>(T) * (m + 1), 0);
+#pragma omp parallel num_threads(T)
+  {
+    const int t = omp_get_thread_num();
+    const int nth = omp_get_num_threads();
+    for (int tt = t; tt < T; tt += nth) {  // chunks of threads the runtime did not give us
+      int32_t* c = &cnt[static_cast<size_t>(tt) * (m + 1)];
+      const int64_t lo = nv * tt / T, hi = nv * (tt + 1) / T;
+      for (int64_t v = lo; v < hi; ++v) {
+        if (L.vlat[v] < 0) continue;
+        const int32_t id = slot_id[L.vlat[v]];
+        L.vlat[v] = id;
+        ++c[id];
+      }
+    }
   }
-
-  // 3. CSR (lattice point -> vertices), sorted per point for deterministic sums.
   L.ptr.assign(m + 1, 0);
-  for (int64_t i = 0; i < m; ++i) L.ptr[i + 1] = L.ptr[i] + fill[i + 1];
-  std::copy(L.ptr.begin(), L.ptr.end() - 1, fill.begin());
-  L.vtx.resize(L.ptr[m]);
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (int64_t v = 0; v < nv; ++v) {
-    const int32_t id = L.vlat[v];
-    if (id < 0) continue;
-    const int32_t at = nt > 1 ? __atomic_fetch_add(&fill[id], 1, __ATOMIC_RELAXED) : fill[id]++;
-    L.vtx[at] = static_cast<int32_t>(v);
+  {
+    int32_t run = 0;
+    for (int64_t i = 0; i < m; ++i) {
+      L.ptr[i] = run;
+      for (int t = 0; t < T; ++t) {
+        int32_t& c = cnt[static_cast<size_t>(t) * (m + 1) + i];
+        const int32_t n_t = c;
+        c = run;  // becomes thread t's write offset for point i
+        run += n_t;
+      }
+    }
+    L.ptr[m] = run;
   }
-  // (one thread fills in vertex order: already sorted)
-#pragma omp parallel for schedule(dynamic, 256) num_threads(nt) if (nt > 1)
-  for (int64_t i = 0; i < m; ++i) {
-    if (nt > 1 && L.ptr[i + 1] - L.ptr[i] > 1) std::sort(L.vtx.begin() + L.ptr[i], L.vtx.begin() + L.ptr[i + 1]);
+  L.vtx.resize(L.ptr[m]);
+#pragma omp parallel num_threads(T)
+  {
+    const int t = omp_get_thread_num();
+    const int nth = omp_get_num_threads();
+    for (int tt = t; tt < T; tt += nth) {
+      int32_t* off = &cnt[static_cast<size_t>(tt) * (m + 1)];
+      const int64_t lo = nv * tt / T, hi = nv * (tt + 1) / T;
+      for (int64_t v = lo; v < hi; ++v) {
+        const int32_t id = L.vlat[v];
+        if (id >= 0) L.vtx[off[id]++] = static_cast<int32_t>(v);
+      }
+    }
   }
 
   auto tb3 = std::chrono::steady_clock::now();
