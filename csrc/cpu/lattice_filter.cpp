@@ -488,6 +488,12 @@ at::Tensor lattice_filter_cpu(const at::Tensor& features, const at::Tensor& valu
   TORCH_CHECK(features.device().is_cpu(), "lattice_filter: features must be a CPU tensor here");
   const int64_t B = features.size(0), d = features.size(1), N = features.size(2), K = values.size(1);
   auto feat = features.to(at::kDouble).transpose(1, 2).contiguous();  // [B, N, d]
+  if (feat.numel() > 0) {
+    // lattice coordinates are int32: |f| * (d+1)^2 * 0.82 must stay far below 2^31
+    const double fmax = feat.abs().max().item<double>();
+    TORCH_CHECK(std::isfinite(fmax) && fmax <= 1e6, "lattice_filter: features must be finite with |f| <= 1e6 "
+                "(positions divided by their standard deviations), got max |f| = ", fmax);
+  }
   auto vals = values.transpose(1, 2).contiguous();                    // [B, N, K]
   at::Tensor vmask;
   if (valid.has_value()) vmask = valid->to(at::kByte).contiguous();

@@ -153,6 +153,10 @@ def test_bad_inputs_raise():
         op(f, v, torch.ones(1, 9, dtype=torch.bool), False, False)
     with pytest.raises(RuntimeError, match="valid must be bool or uint8"):
         op(f, v, torch.ones(1, 10), False, False)
+    with pytest.raises(RuntimeError, match="features must be finite"):
+        op(torch.full((1, 3, 10), float("nan")), v, None, False, False)
+    with pytest.raises(RuntimeError, match="features must be finite"):
+        op(f * 1e7, v, None, False, False)
     with pytest.raises(RuntimeError, match="values .* do not match features"):
         lattice_filter(torch.randn(1, 3, 4, 4), torch.rand(1, 2, 4, 5))
 
