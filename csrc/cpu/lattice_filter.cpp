@@ -114,7 +114,9 @@ void embed(Lattice<scalar_t>& L, const double* feat /* [n, d] */, const uint8_t*
     for (int i = 0; i < d; ++i) {
       const double di = el[i] - rem[i];
       for (int j = i + 1; j <= d; ++j) {
-        if (di < el[j] - rem[j]) rnk[i]++; else rnk[j]++;
+        const int lt = di < el[j] - rem[j];  // branch-free: these comparisons are unpredictable
+        rnk[i] += lt;
+        rnk[j] += 1 - lt;
       }
     }
     for (int i = 0; i <= d; ++i) {
