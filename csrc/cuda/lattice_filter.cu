@@ -115,7 +115,9 @@ __global__ void embed_kernel(const double* __restrict__ feat, const uint8_t* __r
   for (int i = 0; i < d; ++i) {
     const double di = el[i] - rem[i];
     for (int j = i + 1; j <= d; ++j) {
-      if (di < el[j] - rem[j]) rnk[i]++; else rnk[j]++;
+      const int lt = di < el[j] - rem[j];  // branch-free: no divergence within a warp
+      rnk[i] += lt;
+      rnk[j] += 1 - lt;
     }
   }
   for (int i = 0; i <= d; ++i) {
