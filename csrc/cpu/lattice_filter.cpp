@@ -61,6 +61,14 @@ struct Lattice {
   }
 };
 
+// inline comparison (memcmp with a run-time size is a library call in the hot loops)
+template <typename T>
+inline bool equal_n(const T* a, const T* b, int n) {
+  bool eq = true;
+  for (int i = 0; i < n; ++i) eq &= a[i] == b[i];
+  return eq;
+}
+
 inline uint64_t hash_key(const int32_t* key, int d) {
   uint64_t h = 0x2545F4914F6CDD1DULL;
   for (int i = 0; i < d; ++i) {
@@ -179,8 +187,8 @@ void build(Lattice<scalar_t>& L, const uint8_t* valid, int nt) {
         }
         // same simplex as the previous point (the common case on smooth images): reuse its slots
         if (prev_p >= 0 &&
-            std::memcmp(&L.rem0[p * (d + 1)], &L.rem0[prev_p * (d + 1)], sizeof(int32_t) * (d + 1)) == 0 &&
-            std::memcmp(&L.rank[p * (d + 1)], &L.rank[prev_p * (d + 1)], sizeof(int8_t) * (d + 1)) == 0) {
+            equal_n(&L.rem0[p * (d + 1)], &L.rem0[prev_p * (d + 1)], d + 1) &&
+            equal_n(&L.rank[p * (d + 1)], &L.rank[prev_p * (d + 1)], d + 1)) {
           for (int r = 0; r <= d; ++r) L.vlat[p * (d + 1) + r] = L.vlat[prev_p * (d + 1) + r];
           continue;
         }
@@ -189,7 +197,7 @@ void build(Lattice<scalar_t>& L, const uint8_t* valid, int nt) {
           const int64_t v = p * (d + 1) + r;
           int32_t key[kMaxD], other[kMaxD];
           L.key_of(v, key);
-          if (prev_slot[r] >= 0 && std::memcmp(prev_key[r], key, sizeof(int32_t) * d) == 0) {
+          if (prev_slot[r] >= 0 && equal_n(prev_key[r], key, d)) {
             L.vlat[v] = static_cast<int32_t>(prev_slot[r]);
             continue;
           }
@@ -208,11 +216,11 @@ void build(Lattice<scalar_t>& L, const uint8_t* valid, int nt) {
               owner = expected;
             }
             L.key_of(owner, other);
-            if (std::memcmp(other, key, sizeof(int32_t) * d) == 0) break;
+            if (equal_n(other, key, d)) break;
             s = (s + 1) & mask;
           }
           L.vlat[v] = static_cast<int32_t>(s);
-          std::memcpy(prev_key[r], key, sizeof(int32_t) * d);
+          for (int i = 0; i < d; ++i) prev_key[r][i] = key[i];
           prev_slot[r] = static_cast<int64_t>(s);
         }
       }
@@ -324,7 +332,7 @@ void build(Lattice<scalar_t>& L, const uint8_t* valid, int nt) {
     while (true) {
       const int32_t id = t2[s];
       if (id < 0) return -1;
-      if (std::memcmp(&lkeys[static_cast<int64_t>(id) * d], key, sizeof(int32_t) * d) == 0) return id;
+      if (equal_n(&lkeys[static_cast<int64_t>(id) * d], key, d)) return id;
       s = (s + 1) & mask2;
     }
   };
