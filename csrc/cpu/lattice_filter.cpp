@@ -48,13 +48,17 @@ struct Lattice {
   std::vector<int32_t> vlat;     // n * (d+1) lattice id of each vertex, -1 for invalid points
   std::vector<int32_t> rep;      // m: a vertex carrying the lattice point's key
   std::vector<int32_t> ptr;      // m + 1: CSR offsets of the vertices splatting into a point
-  std::vector<int32_t> vtx;      // CSR vertex ids
+  std::vector<int32_t> vtx;      // CSR: point of each splatting vertex, in vertex order
+  std::vector<scalar_t> vw;      // CSR: its barycentric weight
   std::vector<int32_t> nbr;      // m * (d+1) * 2: blur neighbours (-1 when absent)
   std::vector<int32_t> table;    // hash slots: vertex id or -1
 
   inline void key_of(int64_t v, int32_t* key) const {
     const int64_t p = v / (d + 1);
-    const int r = static_cast<int>(v - p * (d + 1));
+    key_of(p, static_cast<int>(v - p * (d + 1)), key);
+  }
+  // vertex r of point p (no integer division: the hot loops know p and r)
+  inline void key_of(int64_t p, int r, int32_t* key) const {
     const int32_t* r0 = &rem0[p * (d + 1)];
     const int8_t* rk = &rank[p * (d + 1)];
     for (int i = 0; i < d; ++i) key[i] = r0[i] + (rk[i] <= d - r ? r : r - (d + 1));
@@ -196,7 +200,7 @@ void build(Lattice<scalar_t>& L, const uint8_t* valid, int nt) {
         for (int r = 0; r <= d; ++r) {
           const int64_t v = p * (d + 1) + r;
           int32_t key[kMaxD], other[kMaxD];
-          L.key_of(v, key);
+          L.key_of(p, r, key);
           if (prev_slot[r] >= 0 && equal_n(prev_key[r], key, d)) {
             L.vlat[v] = static_cast<int32_t>(prev_slot[r]);
             continue;
@@ -295,6 +299,7 @@ void build(Lattice<scalar_t>& L, const uint8_t* valid, int nt) {
     L.ptr[m] = run;
   }
   L.vtx.resize(L.ptr[m]);
+  L.vw.resize(L.ptr[m]);
 #pragma omp parallel num_threads(T)
   {
     const int t = omp_get_thread_num();
@@ -302,9 +307,16 @@ void build(Lattice<scalar_t>& L, const uint8_t* valid, int nt) {
     for (int tt = t; tt < T; tt += nth) {
       int32_t* off = &cnt[static_cast<size_t>(tt) * (m + 1)];
       const int64_t lo = nv * tt / T, hi = nv * (tt + 1) / T;
+      int64_t p = lo / (d + 1);
+      int r = static_cast<int>(lo - p * (d + 1));
       for (int64_t v = lo; v < hi; ++v) {
         const int32_t id = L.vlat[v];
-        if (id >= 0) L.vtx[off[id]++] = static_cast<int32_t>(v);
+        if (id >= 0) {
+          const int32_t at = off[id]++;
+          L.vtx[at] = static_cast<int32_t>(p);  // the point (not the vertex): no division when splatting
+          L.vw[at] = L.weight[v];
+        }
+        if (++r == d + 1) { r = 0; ++p; }
       }
     }
   }
@@ -368,9 +380,8 @@ void filter(const Lattice<scalar_t>& L, const scalar_t* vals, int64_t K, bool re
     scalar_t* acc = &a[i * K];
     for (int64_t k = 0; k < K; ++k) acc[k] = 0;
     for (int32_t e = L.ptr[i]; e < L.ptr[i + 1]; ++e) {
-      const int32_t v = L.vtx[e];
-      const scalar_t w = L.weight[v];
-      const scalar_t* src = vals + (v / (d + 1)) * K;
+      const scalar_t w = L.vw[e];
+      const scalar_t* src = vals + static_cast<int64_t>(L.vtx[e]) * K;
       for (int64_t k = 0; k < K; ++k) acc[k] += w * src[k];
     }
   }
