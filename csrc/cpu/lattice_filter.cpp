@@ -89,7 +89,8 @@ inline uint64_t hash_key(const int32_t* key, int d) {
 
 // Lift points onto the lattice: rem0, rank, barycentric weights (steps as in Adams et al.).
 template <typename scalar_t>
-void embed(Lattice<scalar_t>& L, const double* feat /* [n, d] */, const uint8_t* valid, int nt) {
+bool embed(Lattice<scalar_t>& L, const scalar_t* feat /* [d, n] */, const uint8_t* valid, int nt) {
+  int bad = 0;
   const int d = L.d;
   const int64_t n = L.n;
   const double inv_std = std::sqrt(2.0 / 3.0) * (d + 1);
@@ -105,7 +106,18 @@ void embed(Lattice<scalar_t>& L, const double* feat /* [n, d] */, const uint8_t*
       for (int i = 0; i <= d; ++i) { r0[i] = 0; rk[i] = 0; w[i] = 0; }
       continue;
     }
-    const double* f = feat + p * d;
+    double f[kMaxD];
+    bool ok = true;
+    for (int j = 0; j < d; ++j) {
+      f[j] = static_cast<double>(feat[j * n + p]);
+      // lattice coordinates are int32: |f| * (d+1)^2 must stay far below 2^31
+      ok &= std::fabs(f[j]) <= 1e6;  // false for NaN too
+    }
+    if (!ok) {
+      __atomic_store_n(&bad, 1, __ATOMIC_RELAXED);
+      for (int i = 0; i <= d; ++i) { r0[i] = 0; rk[i] = 0; w[i] = 0; }
+      continue;
+    }
     double el[kMaxD + 1], bary[kMaxD + 2];
     double sm = 0.0;
     for (int j = d; j > 0; --j) {
@@ -149,6 +161,7 @@ void embed(Lattice<scalar_t>& L, const double* feat /* [n, d] */, const uint8_t*
       w[i] = static_cast<scalar_t>(bary[i]);
     }
   }
+  return bad == 0;
 }
 
 template <typename scalar_t>
@@ -429,8 +442,11 @@ void filter(const Lattice<scalar_t>& L, const scalar_t* vals, int64_t K, bool re
   }
 }
 
+// One image: feat [d, n], vals [K, n] and out [K, n] channel-major (the op's layout); the
+// lattice works point-major, so the values are transposed in and out here, inside our own
+// parallel regions (no extra ATen passes). Returns false on bad features (nothing written).
 template <typename scalar_t>
-void filter_image(const double* feat, const scalar_t* vals, const uint8_t* valid, int d, int64_t n, int64_t K,
+bool filter_image(const scalar_t* feat, const scalar_t* vals, const uint8_t* valid, int d, int64_t n, int64_t K,
                   bool normalize, bool transpose, scalar_t* out, int nt) {
   // below ~64k vertices the fork/join of the ~15 parallel regions costs more than the work
   // (and far more when the cores are oversubscribed): run serially
@@ -443,7 +459,7 @@ void filter_image(const double* feat, const scalar_t* vals, const uint8_t* valid
   L.weight.resize(n * (d + 1));
   static const bool timing = std::getenv("WSOL_LATTICE_TIMING") != nullptr;
   auto t0 = std::chrono::steady_clock::now();
-  embed(L, feat, valid, nt);
+  if (!embed(L, feat, valid, nt)) return false;
   auto t1 = std::chrono::steady_clock::now();
   build(L, valid, nt);
   auto t2 = std::chrono::steady_clock::now();
@@ -452,55 +468,59 @@ void filter_image(const double* feat, const scalar_t* vals, const uint8_t* valid
                  std::chrono::duration<double, std::milli>(t1 - t0).count(),
                  std::chrono::duration<double, std::milli>(t2 - t1).count());
   }
-  if (!normalize) {
-    filter(L, vals, K, transpose, out, nt);
-    return;
-  }
-  if (!transpose) {
-    // one pass over K + 1 channels: the values and a channel of ones
-    std::vector<scalar_t> ext(n * (K + 1)), res(n * (K + 1));
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t p = 0; p < n; ++p) {
-      for (int64_t k = 0; k < K; ++k) ext[p * (K + 1) + k] = vals[p * K + k];
-      ext[p * (K + 1) + K] = scalar_t(1);
-    }
-    filter(L, ext.data(), K + 1, false, res.data(), nt);
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t p = 0; p < n; ++p) {
-      const scalar_t nrm = res[p * (K + 1) + K];
-      for (int64_t k = 0; k < K; ++k) out[p * K + k] = nrm > 0 ? res[p * (K + 1) + k] / nrm : scalar_t(0);
-    }
-    return;
-  }
-  // transpose of the normalized filter: W^T diag(1 / W 1)
-  std::vector<scalar_t> ones(n, scalar_t(1)), nrm(n), scaled(n * K);
-  filter(L, ones.data(), 1, false, nrm.data(), nt);
+  const bool with_ones = normalize && !transpose;  // one pass over K + 1 channels (values, ones)
+  const int64_t Kx = with_ones ? K + 1 : K;
+  std::vector<scalar_t> pv(n * Kx), po(n * Kx);
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t p = 0; p < n; ++p) {
-    for (int64_t k = 0; k < K; ++k) scaled[p * K + k] = nrm[p] > 0 ? vals[p * K + k] / nrm[p] : scalar_t(0);
+    for (int64_t k = 0; k < K; ++k) pv[p * Kx + k] = vals[k * n + p];
+    if (with_ones) pv[p * Kx + K] = scalar_t(1);
   }
-  filter(L, scaled.data(), K, true, out, nt);
+  if (normalize && transpose) {
+    // transpose of the normalized filter: W^T diag(1 / W 1)
+    std::vector<scalar_t> ones(n, scalar_t(1)), nrm(n);
+    filter(L, ones.data(), 1, false, nrm.data(), nt);
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t p = 0; p < n; ++p) {
+      for (int64_t k = 0; k < K; ++k) pv[p * K + k] = nrm[p] > 0 ? pv[p * K + k] / nrm[p] : scalar_t(0);
+    }
+  }
+  filter(L, pv.data(), Kx, transpose, po.data(), nt);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t p = 0; p < n; ++p) {
+    if (with_ones) {
+      const scalar_t nrm = po[p * Kx + K];
+      for (int64_t k = 0; k < K; ++k) out[k * n + p] = nrm > 0 ? po[p * Kx + k] / nrm : scalar_t(0);
+    } else {
+      for (int64_t k = 0; k < K; ++k) out[k * n + p] = po[p * Kx + k];
+    }
+  }
+  return true;
 }
 
 template <typename scalar_t>
-void run_batch(const at::Tensor& feat, const at::Tensor& vals, const at::Tensor& vmask, at::Tensor& out, int64_t B,
+bool run_batch(const at::Tensor& feat, const at::Tensor& vals, const at::Tensor& vmask, at::Tensor& out, int64_t B,
                int64_t d, int64_t N, int64_t K, bool normalize, bool transpose, bool per_image, int threads) {
-  const double* fp = feat.data_ptr<double>();
+  const scalar_t* fp = feat.data_ptr<scalar_t>();
   const scalar_t* vp = vals.data_ptr<scalar_t>();
   scalar_t* op = out.data_ptr<scalar_t>();
   const uint8_t* mp = vmask.defined() ? vmask.data_ptr<uint8_t>() : nullptr;
+  int ok = 1;
   if (per_image) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
     for (int64_t b = 0; b < B; ++b) {
-      filter_image<scalar_t>(fp + b * N * d, vp + b * N * K, mp ? mp + b * N : nullptr, static_cast<int>(d), N, K,
-                             normalize, transpose, op + b * N * K, 1);
+      if (!filter_image<scalar_t>(fp + b * N * d, vp + b * N * K, mp ? mp + b * N : nullptr, static_cast<int>(d), N,
+                                  K, normalize, transpose, op + b * N * K, 1)) {
+        __atomic_store_n(&ok, 0, __ATOMIC_RELAXED);
+      }
     }
   } else {
-    for (int64_t b = 0; b < B; ++b) {
-      filter_image<scalar_t>(fp + b * N * d, vp + b * N * K, mp ? mp + b * N : nullptr, static_cast<int>(d), N, K,
-                             normalize, transpose, op + b * N * K, threads);
+    for (int64_t b = 0; b < B && ok; ++b) {
+      ok = filter_image<scalar_t>(fp + b * N * d, vp + b * N * K, mp ? mp + b * N : nullptr, static_cast<int>(d), N,
+                                  K, normalize, transpose, op + b * N * K, threads);
     }
   }
+  return ok != 0;
 }
 
 at::Tensor lattice_filter_cpu(const at::Tensor& features, const at::Tensor& values,
@@ -508,27 +528,21 @@ at::Tensor lattice_filter_cpu(const at::Tensor& features, const at::Tensor& valu
   check_lattice_args(features, values, valid);
   TORCH_CHECK(features.device().is_cpu(), "lattice_filter: features must be a CPU tensor here");
   const int64_t B = features.size(0), d = features.size(1), N = features.size(2), K = values.size(1);
-  auto feat = features.to(at::kDouble).transpose(1, 2).contiguous();  // [B, N, d]
-  if (feat.numel() > 0) {
-    // lattice coordinates are int32: |f| * (d+1)^2 * 0.82 must stay far below 2^31
-    const double fmax = feat.abs().max().item<double>();
-    TORCH_CHECK(std::isfinite(fmax) && fmax <= 1e6, "lattice_filter: features must be finite with |f| <= 1e6 "
-                "(positions divided by their standard deviations), got max |f| = ", fmax);
-  }
-  auto vals = values.transpose(1, 2).contiguous();                    // [B, N, K]
+  auto feat = features.contiguous();  // [B, d, N] (no copy when already contiguous)
+  auto vals = values.contiguous();    // [B, K, N]
   at::Tensor vmask;
   if (valid.has_value()) vmask = valid->to(at::kByte).contiguous();
-  auto out = at::zeros({B, N, K}, values.options().memory_format(at::MemoryFormat::Contiguous));
-  if (B == 0 || N == 0 || K == 0) return out.transpose(1, 2).contiguous();
+  auto out = at::empty({B, K, N}, values.options().memory_format(at::MemoryFormat::Contiguous));
+  if (B == 0 || N == 0 || K == 0) return out.zero_();
   const int threads = std::max(1, at::get_num_threads());
   // many small images: one image per thread; otherwise all threads inside each image.
   const bool per_image = threads > 1 && B >= threads && N * (d + 1) < (1 << 17);
-  if (values.scalar_type() == at::kDouble) {
-    run_batch<double>(feat, vals, vmask, out, B, d, N, K, normalize, transpose, per_image, threads);
-  } else {
-    run_batch<float>(feat, vals, vmask, out, B, d, N, K, normalize, transpose, per_image, threads);
-  }
-  return out.transpose(1, 2).contiguous();
+  const bool ok = values.scalar_type() == at::kDouble
+                      ? run_batch<double>(feat, vals, vmask, out, B, d, N, K, normalize, transpose, per_image, threads)
+                      : run_batch<float>(feat, vals, vmask, out, B, d, N, K, normalize, transpose, per_image, threads);
+  TORCH_CHECK(ok, "lattice_filter: features must be finite with |f| <= 1e6 (positions divided by their standard "
+              "deviations; lattice coordinates are int32)");
+  return out;
 }
 
 }  // namespace
