@@ -27,6 +27,22 @@ def natural_like_images(B: int, H: int, W: int, device, seed: int = 0) -> torch.
     return img.clamp(0, 255).round().to(device)
 
 
+def _best_ms(fn, device, repeat: int) -> float:
+    """Fastest of `repeat` calls (ms): on a shared, oversubscribed machine the median mostly
+    measures how long the other OpenMP thread waited to be scheduled."""
+    import time
+
+    if device.type != "cpu":
+        return time_fn(fn, device, warmup=1, repeat=repeat)
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, (time.perf_counter() - t0) * 1e3)
+    return best
+
+
 def _with_threads(n: int, fn):
     old = torch.get_num_threads()
     torch.set_num_threads(n)
@@ -48,12 +64,15 @@ def _filter_rows(device: torch.device, side: int, classes, threads, repeat: int)
             loop = lambda: [lattice_filter_op(feat, values[:, k : k + 1].contiguous()) for k in range(K)]  # noqa: E731
             t_op = _with_threads(nt, lambda: time_fn(op, device, warmup=1, repeat=repeat))
             t_loop = _with_threads(nt, lambda: time_fn(loop, device, warmup=1, repeat=repeat))
+            b_op = _with_threads(nt, lambda: _best_ms(op, device, repeat))
+            b_loop = _with_threads(nt, lambda: _best_ms(loop, device, max(1, repeat // 2)))
             floor_bytes = 4 * N * (5 + 2 * K)
-            by_key[(K, nt)] = (t_op, t_loop)
+            by_key[(K, nt)] = (t_op, t_loop, b_op, b_loop)
             rows.append({
                 "image": f"{side}x{side}", "K": K, "threads": nt if device.type == "cpu" else "-",
                 "op ms": round(t_op, 2), "per-class loop ms": round(t_loop, 2),
                 "loop / op": round(t_loop / t_op, 2),
+                "op ms (best)": round(b_op, 2), "loop ms (best)": round(b_loop, 2),
                 "op ms per thread-class": round(t_op * (nt if device.type == "cpu" else 1) / K, 3),
                 "floor MB": round(floor_bytes / 1e6, 2),
                 "effective GB/s": round(floor_bytes / (t_op * 1e-3) / 1e9, 3),
@@ -77,8 +96,12 @@ def profile_crf(device: torch.device, size: str = "small") -> list[ProfileTable]
     if device.type == "cpu":
         for K in (2, 21):
             s = t[(K, 1)][0] / t[(K, 2)][0]
-            notes.append(f"K={K}: 2 threads {s:.2f}x faster than 1; op vs loop at 1 thread "
-                         f"{t[(K, 1)][1] / t[(K, 1)][0]:.2f}x")
+            sb = t[(K, 1)][2] / t[(K, 2)][2]
+            notes.append(f"K={K}: 2 threads {s:.2f}x faster than 1 (median), {sb:.2f}x (best); op vs loop "
+                         f"at 1 thread {t[(K, 1)][1] / t[(K, 1)][0]:.2f}x (median), "
+                         f"{t[(K, 1)][3] / t[(K, 1)][2]:.2f}x (best)")
+        notes.append("2-thread medians are only meaningful on an idle machine: when the cores are "
+                     "oversubscribed every OpenMP barrier waits for a descheduled thread")
     tables.append(ProfileTable(f"lattice_filter on {device.type}: op vs per-class loop", rows, notes))
 
     if device.type == "cuda":
