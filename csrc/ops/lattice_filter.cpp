@@ -1,0 +1,19 @@
+// Schema of the permutohedral-lattice Gaussian filter (Adams et al. 2010, in the form used by
+// Kraehenbuehl's dense CRF): out = alpha * S^T B_d ... B_0 S values, per image.
+//
+//   features [B, d, N]  per-point positions (already divided by the standard deviations), 1 <= d <= 8
+//   values   [B, K, N]  the K channels filtered in one pass over one lattice per image
+//   valid    [B, N]     optional mask: invalid points neither splat nor receive (output 0)
+//   normalize           divide by the filtered ones (W 1) instead of returning W values
+//   transpose           apply W^T (blur directions in reverse order); with normalize it applies
+//                       W^T diag(1 / W 1), the exact adjoint of the normalized filter
+//
+// Features are constants: no gradient flows to them. The gradient wrt values is the same op
+// with `transpose` flipped (registered in bench/ops/lattice_filter.py).
+#include <torch/library.h>
+
+TORCH_LIBRARY_FRAGMENT(wsolbench, m) {
+  m.def(
+      "lattice_filter(Tensor features, Tensor values, Tensor? valid=None, bool normalize=False, "
+      "bool transpose=False) -> Tensor");
+}
