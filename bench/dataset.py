@@ -75,6 +75,13 @@ class MetadataDataset(Dataset):
     image_size: int = 224  # network input size (square) unless the budget sets one
     loc_file: str = "localization.txt"  # file with the test-time annotation
     extra_mask_file: str | None = None  # optional mask file for box datasets (adds PxAP)
+    mask_threshold: int = 127  # mask pixels (as 8-bit grey) above this are foreground; 0 for label maps
+    published_counts: dict[str, int | tuple[int, int]] = {}  # split folder -> published image count
+    # (or an inclusive range); `bench data check` warns on a mismatch
+
+    def check_splits(self) -> dict[str, str]:
+        """Split folders `bench data check` validates: folder name -> annotation read there."""
+        return {self.split_names[s]: ("none" if s == "train" else self.annotation) for s in ("train", "val", "test")}
 
     def image_root(self, data_root: Path) -> Path:
         return Path(data_root) / (self.image_dir or self.name)
@@ -115,7 +122,7 @@ class MetadataDataset(Dataset):
             out[split] = MetadataImages(
                 root, records, input_size=size, eval_size=self.eval_size, train=split == "train",
                 with_boxes=split != "train" and self.annotation == "box",
-                with_masks=split != "train" and with_masks)
+                with_masks=split != "train" and with_masks, mask_threshold=self.mask_threshold)
         return Splits(out["train"], out["val"], out["test"], self.num_classes)
 
 
@@ -145,10 +152,10 @@ def load_image(path: Path) -> Image.Image:
         raise MetadataError(f"{path}: image cannot be read ({err})") from None
 
 
-def load_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
+def load_mask(path: Path, size: tuple[int, int], threshold: int = 127) -> np.ndarray:
     try:
         with Image.open(path) as img:
-            mask = np.asarray(img.convert("L")) > 127
+            mask = np.asarray(img.convert("L")) > threshold
     except FileNotFoundError:
         raise MetadataError(f"{path}: mask file is missing") from None
     except (UnidentifiedImageError, OSError) as err:
@@ -164,10 +171,11 @@ class MetadataImages(torch.utils.data.Dataset):
     (1 foreground, 0 background, 255 ignore)."""
 
     def __init__(self, root: Path, records: list[ImageRecord], input_size: int, eval_size: int,
-                 train: bool, with_boxes: bool, with_masks: bool):
+                 train: bool, with_boxes: bool, with_masks: bool, mask_threshold: int = 127):
         self.root, self.records = Path(root), records
         self.input_size, self.eval_size = input_size, eval_size
         self.train, self.with_boxes, self.with_masks = train, with_boxes, with_masks
+        self.mask_threshold = mask_threshold
         self.labels = [r.label for r in records]
 
     def __len__(self):
@@ -201,10 +209,10 @@ class MetadataImages(torch.utils.data.Dataset):
     def _mask(self, rec: ImageRecord, size: tuple[int, int]) -> torch.Tensor:
         fg = np.zeros((size[1], size[0]), dtype=bool)
         for m in rec.masks:
-            fg |= load_mask(self.root / m, size)
+            fg |= load_mask(self.root / m, size, self.mask_threshold)
         out = fg.astype(np.uint8)
         if rec.ignore:
-            out[load_mask(self.root / rec.ignore, size)] = IGNORE
+            out[load_mask(self.root / rec.ignore, size, self.mask_threshold)] = IGNORE
         resized = Image.fromarray(out).resize((self.eval_size, self.eval_size), Image.NEAREST)
         return torch.from_numpy(np.asarray(resized).copy())
 

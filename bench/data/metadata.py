@@ -67,77 +67,115 @@ def _int(value: str, name: str, where: str) -> int:
         return int(as_float)
 
 
-def read_split(meta_dir: Path, annotation: str, loc_file: str = BOX_FILE) -> list[ImageRecord]:
+def read_split(meta_dir: Path, annotation: str, loc_file: str = BOX_FILE,
+               problems: list[str] | None = None) -> list[ImageRecord]:
     """Read one split folder. `annotation` is "box", "mask" or "none" (labels only);
-    `loc_file` names the localization file to read (default localization.txt)."""
+    `loc_file` names the localization file to read (default localization.txt).
+
+    With `problems` (a list), every problem is appended to it and the offending line is
+    skipped instead of raising at the first one (used by `bench data check`)."""
     meta_dir = Path(meta_dir)
+
+    def fail(message: str) -> None:
+        if problems is None:
+            raise MetadataError(message)
+        problems.append(message)
+
+    def lines(path: Path, required: bool = True):
+        try:
+            return _lines(path, required)
+        except MetadataError as err:
+            fail(str(err))
+            return []
+
     ids_file = meta_dir / "image_ids.txt"
     records: dict[str, ImageRecord] = {}
     order: list[str] = []
-    for number, text in _lines(ids_file):
-        rel = _check_relative(text, f"{ids_file}:{number}")
+    for number, text in lines(ids_file):
+        try:
+            rel = _check_relative(text, f"{ids_file}:{number}")
+        except MetadataError as err:
+            fail(str(err))
+            continue
         if rel in records:
-            raise MetadataError(f"{ids_file}:{number}: image id {rel!r} listed twice")
+            fail(f"{ids_file}:{number}: image id {rel!r} listed twice")
+            continue
         records[rel] = ImageRecord(path=rel, label=-1)
         order.append(rel)
     if not order:
-        raise MetadataError(f"{ids_file}: the split is empty (no image ids)")
+        fail(f"{ids_file}: the split is empty (no image ids)")
+        return []
 
     labels_file = meta_dir / "class_labels.txt"
-    for number, text in _lines(labels_file):
+    for number, text in lines(labels_file):
         where = f"{labels_file}:{number}"
-        rel, label = _fields(text, 2, "<path>,<int class id>", where)
-        rec = _known(records, _check_relative(rel, where), where, ids_file)
-        rec.label = _int(label, "class id", where)
-        if rec.label < 0:
-            raise MetadataError(f"{where}: class id {rec.label} is negative")
+        try:
+            rel, label = _fields(text, 2, "<path>,<int class id>", where)
+            rec = _known(records, _check_relative(rel, where), where, ids_file)
+            value = _int(label, "class id", where)
+            if value < 0:
+                raise MetadataError(f"{where}: class id {value} is negative")
+            rec.label = value
+        except MetadataError as err:
+            fail(str(err))
     for rel in order:
         if records[rel].label < 0:
-            raise MetadataError(f"{labels_file}: image id {rel!r} (from {ids_file.name}) has no class label")
+            fail(f"{labels_file}: image id {rel!r} (from {ids_file.name}) has no class label")
 
     sizes_file = meta_dir / "image_sizes.txt"
-    for number, text in _lines(sizes_file, required=annotation != "mask"):
+    for number, text in lines(sizes_file, required=annotation != "mask"):
         where = f"{sizes_file}:{number}"
-        rel, width, height = _fields(text, 3, "<path>,<width>,<height>", where)
-        rec = _known(records, _check_relative(rel, where), where, ids_file)
-        rec.size = (_int(width, "width", where), _int(height, "height", where))
-        if rec.size[0] <= 0 or rec.size[1] <= 0:
-            raise MetadataError(f"{where}: image size {rec.size} must be positive")
+        try:
+            rel, width, height = _fields(text, 3, "<path>,<width>,<height>", where)
+            rec = _known(records, _check_relative(rel, where), where, ids_file)
+            size = (_int(width, "width", where), _int(height, "height", where))
+            if size[0] <= 0 or size[1] <= 0:
+                raise MetadataError(f"{where}: image size {size} must be positive")
+            rec.size = size
+        except MetadataError as err:
+            fail(str(err))
 
     if annotation != "none":
         loc_path = meta_dir / loc_file
-        for number, text in _lines(loc_path):
+        loc_lines = lines(loc_path)
+        for number, text in loc_lines:
             where = f"{loc_path}:{number}"
-            if annotation == "box":
-                rel, *coords = _fields(text, 5, "<path>,x0,y0,x1,y1", where)
-                rec = _known(records, _check_relative(rel, where), where, ids_file)
-                x0, y0, x1, y1 = (_int(c, n, where) for c, n in zip(coords, ("x0", "y0", "x1", "y1")))
-                if x1 < x0 or y1 < y0:
-                    raise MetadataError(f"{where}: box ({x0},{y0},{x1},{y1}) has x1 < x0 or y1 < y0")
-                if rec.size is not None:
-                    w, h = rec.size
-                    if x0 < 0 or y0 < 0 or x1 >= w or y1 >= h:
-                        raise MetadataError(f"{where}: box ({x0},{y0},{x1},{y1}) lies outside the "
-                                            f"{w}x{h} image {rel!r}")
-                rec.boxes.append((x0, y0, x1, y1))
-            else:
-                rel, mask, ignore = _fields(text, 3, "<path>,<mask.png>,<ignore.png>", where)
-                rec = _known(records, _check_relative(rel, where), where, ids_file)
-                rec.has_roi_line = True
-                if mask:
-                    rec.masks.append(_check_relative(mask, where))
-                if ignore:
-                    if rec.ignore is not None:
+            try:
+                if annotation == "box":
+                    rel, *coords = _fields(text, 5, "<path>,x0,y0,x1,y1", where)
+                    rec = _known(records, _check_relative(rel, where), where, ids_file)
+                    x0, y0, x1, y1 = (_int(c, n, where) for c, n in zip(coords, ("x0", "y0", "x1", "y1")))
+                    if x1 < x0 or y1 < y0:
+                        raise MetadataError(f"{where}: box ({x0},{y0},{x1},{y1}) has x1 < x0 or y1 < y0")
+                    if rec.size is not None:
+                        w, h = rec.size
+                        if x0 < 0 or y0 < 0 or x1 >= w or y1 >= h:
+                            raise MetadataError(f"{where}: box ({x0},{y0},{x1},{y1}) lies outside the "
+                                                f"{w}x{h} image {rel!r}")
+                    rec.boxes.append((x0, y0, x1, y1))
+                else:
+                    rel, mask, ignore = _fields(text, 3, "<path>,<mask.png>,<ignore.png>", where)
+                    rec = _known(records, _check_relative(rel, where), where, ids_file)
+                    mask = _check_relative(mask, where) if mask else ""
+                    ignore = _check_relative(ignore, where) if ignore else ""
+                    if ignore and rec.ignore is not None:
                         raise MetadataError(f"{where}: a second ignore mask for {rel!r}; only the "
                                             f"first line of an image carries one")
-                    rec.ignore = _check_relative(ignore, where)
-        for rel in order:
-            rec = records[rel]
-            if annotation == "box" and not rec.boxes:
-                raise MetadataError(f"{loc_path}: image id {rel!r} has no box")
-            if annotation == "mask" and not rec.has_roi_line:
-                raise MetadataError(f"{loc_path}: image id {rel!r} has no mask line (an empty mask "
-                                    f"field marks an image without ROI)")
+                    rec.has_roi_line = True
+                    if mask:
+                        rec.masks.append(mask)
+                    if ignore:
+                        rec.ignore = ignore
+            except MetadataError as err:
+                fail(str(err))
+        if loc_lines or loc_path.is_file():
+            for rel in order:
+                rec = records[rel]
+                if annotation == "box" and not rec.boxes:
+                    fail(f"{loc_path}: image id {rel!r} has no box")
+                if annotation == "mask" and not rec.has_roi_line:
+                    fail(f"{loc_path}: image id {rel!r} has no mask line (an empty mask "
+                         f"field marks an image without ROI)")
     return [records[rel] for rel in order]
 
 
