@@ -114,3 +114,7 @@ class SmallCNN(nn.Module):
 
 
 register_backbone("small-cnn")(SmallCNN)
+
+# The full-size WSOL backbones (torchvision state-dict layout); imported last: they register
+# themselves with `register_backbone` defined above.
+from bench.models import inception, resnet, vgg  # noqa: E402,F401
