@@ -5,8 +5,9 @@ strictly once `fc.*` and `AuxLogits.*` are dropped): the stem Conv2d_1a_3x3 .. C
 Mixed_5b/5c/5d (Inception-A), Mixed_6a (the grid reduction) and Mixed_6b..6e (Inception-C);
 every conv is a `BasicConv2d` (`conv` without bias + `bn`, eps 0.001).
 
-What differs from torchvision, as in the WSOL variants (the large-feature-map CAM network of
-Choe et al. 2020 and its SPG/ADL ancestors): Mixed_6a has stride 1 (padding 1) instead of 2;
+What differs from torchvision, in the spirit of the WSOL variants (the large-feature-map CAM
+network of Choe et al. 2020 and its SPG/ADL ancestors; not checked layer by layer against
+their code): Mixed_6a has stride 1 (padding 1) instead of 2;
 Mixed_7a/7b/7c are not used (their keys in a checkpoint are dropped too); a new
 `Conv2d_6a_3x3` (BasicConv2d 768 -> 1024, 3x3) gives the CAM features. Simplification: the stem
 convolutions and its two max-pools are padded ("same") so that the map is exactly H/8 x W/8

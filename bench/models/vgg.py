@@ -5,7 +5,8 @@ new `conv6` (3x3, 512 -> 1024, ReLU) whose output are the CAM features: 1024 x H
 Parameter names follow torchvision's `vgg16` state dict (`features.<index>.weight/bias` at
 indices 0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28): removed pools stay in `features` as
 parameter-free `nn.Identity` so the indices do not shift. `classifier.*` is dropped from a
-checkpoint; `conv6` is new and keeps its initialisation when the checkpoint lacks it."""
+checkpoint; `conv6` is new and keeps its initialisation when the checkpoint lacks it.
+`VGG16WSOL(kept_pools=4)` is the 14x14 (stride-16) variant, only the last pool removed."""
 from __future__ import annotations
 
 import torch
