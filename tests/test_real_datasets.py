@@ -203,3 +203,24 @@ def test_check_histology_reads_every_split(tmp_path, capsys):
     out = _check("camelyon16", root, capsys)
     assert "Camelyon16/valcl/c1/003.png: image file is missing" in out
     assert "valcl 4 images" in out
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_check_every_plugin_names_file_and_line(name, tmp_path, capsys):
+    root = write_tree(name, tmp_path)
+    loc = _meta(root, name, "test") / "localization.txt"
+    lines = loc.read_text().splitlines()
+    lines[1] = lines[1].rsplit(",", 1)[0] + ",1,2,3" if get_dataset(name).annotation == "box" else lines[1] + ",extra"
+    loc.write_text("\n".join(lines) + "\n")
+    out = _check(name, root, capsys)
+    assert f"{loc}:2: expected `<path>," in out
+    assert check_dataset(get_dataset(name)(), write_tree(name, tmp_path / "clean"), decode=True).ok
+
+
+@pytest.mark.parametrize("name", ("glas", "camelyon16"))
+def test_check_histology_mask_of_wrong_size(name, tmp_path, capsys):
+    root = write_tree(name, tmp_path)
+    ds = get_dataset(name)()
+    _mask(ds.image_root(root) / "valpx" / "masks" / "001.png", size=(20, 24))
+    out = _check(name, root, capsys)
+    assert "valpx/localization.txt:2: mask" in out and "is 20x24, its image 'valpx/c1/001.png' is 24x20" in out
