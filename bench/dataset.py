@@ -16,6 +16,7 @@ from bench.config import EmptyConfig
 from bench.data.metadata import ImageRecord, MetadataError, read_split
 
 IGNORE = 255  # mask value of ignored pixels
+PIXEL_CACHE_BYTES = 1 << 30  # splits whose decoded pixels fit are decoded once per process
 
 
 @dataclass
@@ -177,19 +178,18 @@ class MetadataImages(torch.utils.data.Dataset):
         self.train, self.with_boxes, self.with_masks = train, with_boxes, with_masks
         self.mask_threshold = mask_threshold
         self.labels = [r.label for r in records]
+        # Decoded, resized pixels are kept in memory when the split is small enough: training
+        # revisits every image each epoch and PNG decoding would dominate small-CNN budgets.
+        self._cache_pixels = len(records) * input_size * input_size * 3 <= PIXEL_CACHE_BYTES
+        self._pixels: dict[int, tuple[np.ndarray, tuple[int, int]]] = {}
 
     def __len__(self):
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
         rec = self.records[index]
-        img = load_image(self.root / rec.path)
-        size = img.size
-        if rec.size is not None and rec.size != size:
-            raise MetadataError(f"{self.root / rec.path}: image is {size[0]}x{size[1]} but image_sizes.txt says "
-                                f"{rec.size[0]}x{rec.size[1]}")
-        img = img.resize((self.input_size, self.input_size), Image.BILINEAR)
-        image = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+        pixels, size = self._load_pixels(index)
+        image = torch.from_numpy(pixels.astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
         if self.train and _random.random() < 0.5:  # seeded per cell by the runner
             image = image.flip(-1)
         item = {"image": image, "label": rec.label, "index": index}
@@ -205,6 +205,22 @@ class MetadataImages(torch.utils.data.Dataset):
         if self.with_masks:
             item["mask"] = self._mask(rec, size)
         return item
+
+    def _load_pixels(self, index: int) -> tuple[np.ndarray, tuple[int, int]]:
+        """uint8 [S,S,3] pixels at the input size, and the original (width, height)."""
+        cached = self._pixels.get(index)
+        if cached is not None:
+            return cached
+        rec = self.records[index]
+        img = load_image(self.root / rec.path)
+        size = img.size
+        if rec.size is not None and rec.size != size:
+            raise MetadataError(f"{self.root / rec.path}: image is {size[0]}x{size[1]} but image_sizes.txt says "
+                                f"{rec.size[0]}x{rec.size[1]}")
+        pixels = np.asarray(img.resize((self.input_size, self.input_size), Image.BILINEAR), dtype=np.uint8)
+        if self._cache_pixels:
+            self._pixels[index] = (pixels, size)
+        return pixels, size
 
     def _mask(self, rec: ImageRecord, size: tuple[int, int]) -> torch.Tensor:
         fg = np.zeros((size[1], size[0]), dtype=bool)

@@ -72,6 +72,13 @@ def is_finished(path: Path, expected_hash: str) -> bool:
     return record.get("status") == "ok" and record.get("config_hash") == expected_hash
 
 
+def _sweep_orphans(path: Path) -> None:
+    """Remove temp files of this cell's result left by a killed writer (atomic writes put
+    them beside the result as .<name>.<random>.tmp); the cell is about to be rewritten."""
+    for orphan in path.parent.glob(f".{path.name}.*.tmp"):
+        orphan.unlink(missing_ok=True)
+
+
 def run_grid(cells: list[Cell], budget: Budget, *, data_root: Path, results_dir: Path, cache_dir: Path,
              device: torch.device, backbone: str = "small-cnn", weights=None) -> GridReport:
     report = GridReport([], [], [], [])
@@ -91,6 +98,7 @@ def run_grid(cells: list[Cell], budget: Budget, *, data_root: Path, results_dir:
             if cell.dataset.name not in prepared:
                 cell.dataset.prepare(data_root)
                 prepared.add(cell.dataset.name)
+            _sweep_orphans(result_path(results_dir, cell.dataset.name, cell.method_cls.name, cell.seed))
             record = run_cell(cell.method_cls, cell.method_cfg, cell.dataset, budget, cell.seed, data_root=data_root,
                               results_dir=results_dir, cache_dir=cache_dir, device=device, backbone=backbone,
                               weights=weights)

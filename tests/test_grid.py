@@ -90,8 +90,11 @@ def test_killed_run_resumes_without_redoing_finished_cells(shared_dirs, tmp_path
     assert out.returncode == 0, out.stderr
     assert f"resumed {len(done_before)}" in out.stdout
     assert {p: p.stat().st_mtime_ns for p in done_before} == done_before  # not rewritten
-    assert len(list(results.glob("*/*/seed*.json"))) == 8
-    assert not list(results.rglob("*.tmp")), "no half-written file is left behind"
+    finished = list(results.glob("*/*/seed*.json"))
+    assert len(finished) == 8
+    assert all(json.loads(p.read_text())["status"] == "ok" for p in finished), "every result is whole"
+    # a temp file orphaned by the kill sits beside a cell that was rerun and is swept then
+    assert not list(results.rglob("*.tmp"))
     table = (tmp_path / "README.md").read_text()
     assert "## synth-objects" in table and "## synth-tissue" in table
 
