@@ -1,0 +1,43 @@
+"""Profile "cams": every registered post-hoc CAM method on one batch of images, in one table
+(ms per image). "full" is the issue's setting: ResNet50 (random weights), 256 images of
+224x224; "small" uses the small CNN on a few 64x64 images (seconds, for tests)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from bench.method import PostHocCAM
+from bench.models import build_classifier
+from bench.profiling import ProfileTable, register_profile, time_fn
+from bench.registry import all_methods
+
+SIZES = {"full": ("resnet50", 256, 224, 64), "small": ("small-cnn", 8, 64, 8)}
+NUM_CLASSES = 200  # CUB's head
+
+
+@register_profile("cams")
+def profile_cams(device: torch.device, size: str) -> list[ProfileTable]:
+    backbone, n_images, side, batch = SIZES[size]
+    torch.manual_seed(0)
+    model = build_classifier(backbone, NUM_CLASSES).to(device).eval()
+    images = torch.rand(n_images, 3, side, side, device=device)
+    labels = torch.randint(0, NUM_CLASSES, (n_images,), device=device)
+    ctx = SimpleNamespace(classifier=lambda: model)
+    reps = dict(warmup=1, repeat=3 if size == "full" else 2)
+    rows = []
+    for name, cls in all_methods().items():
+        if not issubclass(cls, PostHocCAM):
+            continue
+        method = cls()
+        method.fit(None, None, ctx)
+
+        def run_all():
+            for start in range(0, n_images, batch):
+                method.localize(images[start:start + batch], labels[start:start + batch])
+
+        ms = time_fn(run_all, device, **reps)
+        rows.append({"method": name, "ms per image": round(ms / n_images, 3), "total ms": round(ms, 1)})
+    note = (f"{backbone}, {n_images} images of {side}x{side}, batches of {batch}, random weights, "
+            f"{NUM_CLASSES} classes; median of {reps['repeat']} runs after {reps['warmup']} warm-up")
+    return [ProfileTable(f"Post-hoc CAMs on {device.type}", rows, [note])]
