@@ -31,7 +31,7 @@ class Budget:
 BUDGETS: dict[str, Budget] = {
     "smoke": Budget("smoke", stage1_epochs=1, method_epochs=1, batch_size=16, lr=0.05,
                     max_train_images=48, max_eval_images=16),
-    "quick": Budget("quick", stage1_epochs=10, method_epochs=4, batch_size=32, lr=0.05),
+    "quick": Budget("quick", stage1_epochs=8, method_epochs=4, batch_size=32, lr=0.05),
     # The reference papers' settings (Choe et al. 2020 / F-CAM): batch 32, SGD with Nesterov
     # momentum 0.9, weight decay 1e-4, 224 crops; meant for a GPU.
     "paper": Budget("paper", stage1_epochs=50, method_epochs=20, batch_size=32, lr=0.01,
