@@ -224,3 +224,20 @@ def test_check_histology_mask_of_wrong_size(name, tmp_path, capsys):
     _mask(ds.image_root(root) / "valpx" / "masks" / "001.png", size=(20, 24))
     out = _check(name, root, capsys)
     assert "valpx/localization.txt:2: mask" in out and "is 20x24, its image 'valpx/c1/001.png' is 24x20" in out
+
+
+def test_every_layout_runs_through_all_and_reaches_the_leaderboard(tmp_path):
+    from tests.conftest import set_flags
+
+    root = tmp_path / "data"
+    for name in REAL:
+        write_tree(name, root)
+    flags = [x for f in set_flags() for x in ("--set", f)]
+    code = main(["run", "--all", "--methods", "cam,center", "--budget", "smoke", "--seeds", "0",
+                 "--data-root", str(root), "--cache-dir", str(tmp_path / "cache"),
+                 "--results", str(tmp_path / "board" / "results"), *flags])
+    assert code == 0
+    table = (tmp_path / "board" / "README.md").read_text()
+    for name in (*REAL, "synth-objects", "synth-tissue"):
+        assert f"## {name}\n" in table, name
+    assert "Failed cells" not in table
