@@ -520,6 +520,14 @@ def _write_text(path: Path, lines: Sequence[str]) -> None:
     os.replace(tmp, path)
 
 
+def _write_meta(meta_root: Path, meta: dict, localization: Dict[str, str]) -> None:
+    """Write every split's metadata files; `localization` maps file name -> key of `meta`."""
+    files = {"image_ids.txt": "ids", "class_labels.txt": "labels", "image_sizes.txt": "sizes", **localization}
+    for split in SPLITS:
+        for file_name, key in files.items():
+            _write_text(meta_root / split / file_name, meta[split][key])
+
+
 def _finish(img_root: Path, name: str, cfg) -> None:
     marker = img_root / "GENERATOR.json"
     tmp = marker.with_name(marker.name + ".tmp")
@@ -557,13 +565,7 @@ def generate_objects(root: Path, cfg: Optional[SynthObjectsConfig] = None) -> No
         m["sizes"].append(f"{path},{img.shape[1]},{img.shape[0]}")
         m["boxes"].append(f"{path},{box[0]},{box[1]},{box[2]},{box[3]}")
         m["masks"].append(f"{path},{mpath},")
-    for split in SPLITS:
-        d, m = meta_root / split, meta[split]
-        _write_text(d / "image_ids.txt", m["ids"])
-        _write_text(d / "class_labels.txt", m["labels"])
-        _write_text(d / "image_sizes.txt", m["sizes"])
-        _write_text(d / "localization.txt", m["boxes"])
-        _write_text(d / "localization_masks.txt", m["masks"])
+    _write_meta(meta_root, meta, {"localization.txt": "boxes", "localization_masks.txt": "masks"})
     _finish(img_root, name, cfg)
 
 
@@ -590,12 +592,7 @@ def generate_tissue(root: Path, cfg: Optional[SynthTissueConfig] = None) -> None
         m["labels"].append(f"{path},{cls}")
         m["sizes"].append(f"{path},{img.shape[1]},{img.shape[0]}")
         m["masks"].append(f"{path},{mpath},")
-    for split in SPLITS:
-        d, m = meta_root / split, meta[split]
-        _write_text(d / "image_ids.txt", m["ids"])
-        _write_text(d / "class_labels.txt", m["labels"])
-        _write_text(d / "image_sizes.txt", m["sizes"])
-        _write_text(d / "localization.txt", m["masks"])
+    _write_meta(meta_root, meta, {"localization.txt": "masks"})
     _finish(img_root, name, cfg)
 
 
