@@ -40,9 +40,8 @@ def build_cells(methods: list[str] | None, datasets: list[str] | None, seeds, bu
     overrides = overrides or {}
     method_classes = [get_method(m) for m in methods] if methods else list(all_methods().values())
     dataset_classes = [get_dataset(d) for d in datasets] if datasets else list(all_datasets().values())
-    known = {c.name for c in method_classes} | {c.name for c in dataset_classes}
     for owner in overrides:
-        if owner not in known and owner not in all_methods() and owner not in all_datasets():
+        if owner not in all_methods() and owner not in all_datasets():
             raise ValueError(f"--set names {owner!r}, which is neither a method nor a dataset")
     skipped: list[tuple[str, str]] = []
     cells: list[Cell] = []

@@ -19,7 +19,7 @@ import torch
 import bench
 from bench.config import Budget, config_hash, to_jsonable
 from bench.io import atomic_torch_save, atomic_write_json
-from bench.metrics import BoxEvaluator, MaskEvaluator, normalize_scoremaps
+from bench.metrics import BoxEvaluator, MaskEvaluator, Top1Cls, normalize_scoremaps
 from bench.models import WSOLNet, build_classifier
 from bench.training import make_loader, train
 
@@ -114,7 +114,7 @@ def evaluate(method, split, dataset, budget: Budget, device: torch.device, tau: 
     size = (dataset.eval_size, dataset.eval_size)
     boxes = BoxEvaluator() if getattr(split, "with_boxes", False) else None
     masks = MaskEvaluator() if getattr(split, "with_masks", False) else None
-    correct = seen = 0
+    top1 = Top1Cls()
     loader = make_loader(split, budget.batch_size, shuffle=False, num_workers=budget.num_workers)
     for batch in loader:
         images, labels = batch["image"].to(device), batch["label"].to(device)
@@ -123,11 +123,7 @@ def evaluate(method, split, dataset, budget: Budget, device: torch.device, tau: 
             raise ValueError(f"{method.name}.localize returned cams of shape {tuple(loc.cams.shape)}; "
                              f"expected [{images.shape[0]}, h, w]")
         maps = normalize_scoremaps(loc.cams.detach().float().cpu(), size)
-        cls_correct = None
-        if loc.logits is not None:
-            cls_correct = (loc.logits.detach().argmax(1) == labels).cpu()
-            correct += int(cls_correct.sum())
-            seen += len(cls_correct)
+        cls_correct = None if loc.logits is None else top1.accumulate(loc.logits.detach(), labels)
         if boxes is not None:
             boxes.accumulate(maps, batch["boxes"], cls_correct)
         if masks is not None:
@@ -140,8 +136,8 @@ def evaluate(method, split, dataset, budget: Budget, device: torch.device, tau: 
     if masks is not None:
         metrics.update(masks.compute(tau))
         curves["mask"] = masks.curves()
-    if seen:
-        metrics["Top-1 Cls"] = 100.0 * correct / seen
+    if top1.count:
+        metrics.update(top1.compute())
     return metrics, curves
 
 
