@@ -1,1 +1,2 @@
-"""Losses shared by the methods: dense CRF (single image and multi-frame colour)."""
+"""Losses shared by the methods: dense CRF (single image and multi-frame colour), the extended
+log-barrier size constraint."""
