@@ -309,3 +309,33 @@ def test_run_all_skips_absent_yto_with_one_line(tmp_path):
     assert "\n" not in reasons["ytov1"] and str(root / "metadata" / "YouTube-Objects-v1.0") in reasons["ytov1"]
     with pytest.raises(FileNotFoundError, match="not found"):
         build_cells(["cam"], ["ytov1"], [0], SMOKE, root)
+
+
+def test_data_check_reads_the_yto_layout(tmp_path, capsys):
+    from bench.cli import main
+
+    root = write_yto_tree("ytov1", tmp_path)
+    assert main(["data", "check", "--dataset", "ytov1", "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "0 errors" in out and "the published ytov1 train split has 2768" in out
+    ds = get_dataset("ytov1")()
+    (ds.frame_root(root) / "dog/data/0006/shots/006/frame0002.jpg").unlink()
+    (ds.meta_dir(root, "val") / "localization.txt").unlink()
+    assert main(["data", "check", "--dataset", "ytov1", "--root", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "frame0002.jpg: frame file is missing" in out
+    assert f"{ds.meta_dir(root, 'val') / 'localization.txt'}: metadata file is missing" in out
+
+
+def test_default_synth_video_generation_time(tmp_path, capsys):
+    import time
+
+    start = time.perf_counter()
+    prepare_video(tmp_path)
+    spent = time.perf_counter() - start
+    with capsys.disabled():
+        print(f"\nsynth-video: {spent:.1f} s (default config)")
+    cfg = SynthVideoConfig()
+    ids = (tmp_path / "metadata" / "synth-video" / "test" / "image_ids.txt").read_text().split()
+    assert len(ids) == cfg.num_classes * cfg.n_test * (cfg.frames_per_shot // cfg.box_every)
+    assert spent < 60

@@ -378,6 +378,54 @@ class VideoDataset(Dataset):
                                     f"{shot.path!r} is not in [0, {self.num_classes}) ({self.name})")
         return out
 
+    def check(self, data_root: Path, decode: bool = False, progress: bool = False):
+        """`bench data check` for the YTO layout: every split read leniently (all problems with
+        file and line), every listed frame opened (header only unless `decode`), boxes checked
+        against the frame size, split sizes compared with the published ones (a warning)."""
+        from bench.data.check import CheckReport, _open_size
+
+        report = CheckReport(self.name)
+        why = self.missing(data_root)
+        if why is not None:
+            report.errors.append(why)
+            return report
+        root = self.frame_root(data_root)
+        for split in ("train", "val", "test"):
+            meta_dir = self.meta_dir(data_root, split)
+            problems: list[str] = []
+            out = read_video_split(meta_dir, root, "shots" if split == "train" else "frames", problems=problems)
+            report.errors.extend(problems)
+            frames = [f for shot in out.shots for f in shot.frames]
+            report.counts[split] = len(out.shots) if split == "train" else len(frames)
+            for shot in out.shots:
+                if not 0 <= shot.label < self.num_classes:
+                    report.errors.append(f"{meta_dir / 'class_labels.txt'}: class id {shot.label} of {shot.path!r} "
+                                         f"is not in [0, {self.num_classes})")
+            if out.skipped_frames:
+                report.warnings.append(f"{meta_dir / 'localization.txt'}: {len(out.skipped_frames)} listed frames "
+                                       f"have no box and are skipped (first: {out.skipped_frames[0]!r})")
+            checked = frames if split != "train" else [s.frames[0] for s in out.shots]  # train: one frame a shot
+            if progress:
+                from tqdm.auto import tqdm
+
+                checked = tqdm(checked, desc=f"{self.name}/{split}", unit="frame", dynamic_ncols=True)
+            for rec in checked:
+                size, why = _open_size(root / rec.path, decode)
+                if size is None:
+                    report.errors.append(f"{root / rec.path}: frame {why}")
+                elif rec.size is not None and rec.size != size:
+                    report.errors.append(f"{root / rec.path}: frame is {size[0]}x{size[1]} but image_sizes.txt "
+                                         f"says {rec.size[0]}x{rec.size[1]}")
+                elif any(x0 >= size[0] or y0 >= size[1] for x0, y0, _, _ in rec.boxes):
+                    report.errors.append(f"{meta_dir / 'localization.txt'}: a box of {rec.path!r} starts outside "
+                                         f"its {size[0]}x{size[1]} frame")
+            expected = self.published_counts.get(split)
+            if expected is not None and report.counts[split] != expected:
+                unit = "shots" if split == "train" else "annotated frames"
+                report.warnings.append(f"{meta_dir}: {report.counts[split]} {unit}, the published {self.name} "
+                                       f"{split} split has {expected}")
+        return report
+
     def splits(self, data_root: Path, budget) -> Splits:
         root = self.frame_root(data_root)
         size = budget.input_size or self.image_size
