@@ -85,6 +85,7 @@ class RunContext:
                 "backbone": self.backbone, "weights": file_sha256(self.weights), "seed": self.seed,
                 "epochs": b.stage1_epochs, "batch_size": b.batch_size, "lr": b.lr, "wd": b.weight_decay,
                 "momentum": b.momentum, "max_train_images": b.max_train_images, "input_size": b.input_size,
+                "crop_from": b.crop_from,
                 "mixed_precision": b.mixed_precision}
 
     def classifier(self) -> WSOLNet:
@@ -120,7 +121,7 @@ def evaluate(method, split, dataset, budget: Budget, device: torch.device, tau: 
     boxes = BoxEvaluator() if with_boxes and corloc is None else None
     masks = MaskEvaluator() if getattr(split, "with_masks", False) else None
     top1 = Top1Cls()
-    loader = make_loader(split, budget.batch_size, shuffle=False, num_workers=budget.num_workers)
+    loader = make_loader(split, budget.batch_size, shuffle=False, num_workers=budget.num_workers, device=device)
     for batch in loader:
         images, labels = batch["image"].to(device), batch["label"].to(device)
         loc = method.localize(images, dataset.localization_classes(labels))
