@@ -339,3 +339,18 @@ def test_default_synth_video_generation_time(tmp_path, capsys):
     ids = (tmp_path / "metadata" / "synth-video" / "test" / "image_ids.txt").read_text().split()
     assert len(ids) == cfg.num_classes * cfg.n_test * (cfg.frames_per_shot // cfg.box_every)
     assert spent < 60
+
+
+def test_frames_without_augmentation(tmp_path):
+    from dataclasses import replace
+
+    ds = get_dataset("synth-video")(TINY)
+    ds.prepare(tmp_path)
+    frames = ds.splits(tmp_path, SMOKE).train.frames
+    view = frames.without_augmentation()
+    assert not view.train and view._pixels is frames._pixels and len(view) == len(frames)
+    assert torch.equal(view[3]["image"], view[3]["image"])  # no random flip
+    cropped = ds.splits(tmp_path, replace(SMOKE, input_size=28, crop_from=32)).train.frames
+    assert cropped[0]["image"].shape == (3, 28, 28)
+    plain = cropped.without_augmentation()
+    assert plain.crop_from is None and plain[0]["image"].shape == (3, 28, 28)

@@ -217,6 +217,7 @@ class VideoFrames(MetadataImages):
                 shot_of.append(s)
                 position.append(p)
         super().__init__(root, records, **kwargs)
+        self._init_args = (root, shots, subset_names, kwargs)
         self.shots = shots
         self.subset_names = tuple(subset_names)
         self.shot_ids = torch.tensor(shot_of, dtype=torch.long)  # [N] shot of every frame
@@ -238,8 +239,12 @@ class VideoFrames(MetadataImages):
         return item
 
     def without_augmentation(self) -> "VideoFrames":
-        """The same frames (sharing decoded pixels) with the random flip switched off: for
-        methods that pair frames with stored per-frame maps."""
+        """The same frames with the random flip (and crop) switched off: for methods that pair
+        frames with stored per-frame maps. Shares the decoded pixels unless the frames are
+        stored for random crops (then the view decodes its own at the input size)."""
+        if self.crop_from is not None:
+            root, shots, subset_names, kwargs = self._init_args
+            return type(self)(root, shots, subset_names, **{**kwargs, "train": False, "crop_from": None})
         view = object.__new__(type(self))
         view.__dict__.update(self.__dict__)
         view.train = False
@@ -437,6 +442,7 @@ class VideoDataset(Dataset):
             else:
                 shots = _balanced_shots(shots, budget.max_eval_images, lambda ss: sum(len(s.frames) for s in ss))
             frames = VideoFrames(root, shots, self.subsets, input_size=size, eval_size=self.eval_size,
-                                 train=split == "train", with_boxes=split != "train", with_masks=False)
+                                 train=split == "train", with_boxes=split != "train", with_masks=False,
+                                 crop_from=budget.crop_from)
             out[split] = ShotFrames(frames, self.train_draws_per_shot) if split == "train" else frames
         return Splits(out["train"], out["val"], out["test"], self.num_classes)
