@@ -250,4 +250,7 @@ def collate(items: list[dict]) -> dict:
         out["boxes"] = [it["boxes"] for it in items]
     if "mask" in items[0]:
         out["mask"] = torch.stack([it["mask"] for it in items])
+    for key, value in items[0].items():  # integer tags (video: shot, position, subset)
+        if key not in out and isinstance(value, int):
+            out[key] = torch.tensor([it[key] for it in items], dtype=torch.long)
     return out

@@ -19,7 +19,7 @@ import torch
 import bench
 from bench.config import Budget, config_hash, to_jsonable
 from bench.io import atomic_torch_save, atomic_write_json
-from bench.metrics import BoxEvaluator, MaskEvaluator, Top1Cls, normalize_scoremaps
+from bench.metrics import BoxEvaluator, CorLocEvaluator, MaskEvaluator, Top1Cls, normalize_scoremaps
 from bench.models import WSOLNet, build_classifier
 from bench.training import make_loader, train
 
@@ -113,7 +113,12 @@ def evaluate(method, split, dataset, budget: Budget, device: torch.device, tau: 
     """Localize every image of `split` and compute its metrics (PROTOCOL.md §2).
     Returns (metrics, curves)."""
     size = (dataset.eval_size, dataset.eval_size)
-    boxes = BoxEvaluator() if getattr(split, "with_boxes", False) else None
+    with_boxes = getattr(split, "with_boxes", False)
+    # video: CorLoc over annotated frames (one frame per item; a batch holds frames of whole shots
+    # in temporal order, localized in parallel); image: the box accuracies
+    corloc = CorLocEvaluator(dataset.num_classes, getattr(dataset, "subsets", ())) \
+        if with_boxes and dataset.task == "video" else None
+    boxes = BoxEvaluator() if with_boxes and corloc is None else None
     masks = MaskEvaluator() if getattr(split, "with_masks", False) else None
     top1 = Top1Cls()
     loader = make_loader(split, budget.batch_size, shuffle=False, num_workers=budget.num_workers, device=device)
@@ -127,6 +132,8 @@ def evaluate(method, split, dataset, budget: Budget, device: torch.device, tau: 
         cls_correct = None if loc.logits is None else top1.accumulate(loc.logits.detach(), labels)
         if boxes is not None:
             boxes.accumulate(maps, batch["boxes"], cls_correct)
+        if corloc is not None:
+            corloc.accumulate(maps, batch["boxes"], labels.cpu(), batch.get("subset"))
         if masks is not None:
             masks.accumulate(maps, batch["mask"])
     metrics: dict = {}
@@ -134,6 +141,9 @@ def evaluate(method, split, dataset, budget: Budget, device: torch.device, tau: 
     if boxes is not None:
         metrics.update(boxes.compute())
         curves["box"] = boxes.curves()
+    if corloc is not None:
+        metrics.update(corloc.compute())
+        curves["corloc"] = corloc.curves()
     if masks is not None:
         metrics.update(masks.compute(tau))
         curves["mask"] = masks.curves()
