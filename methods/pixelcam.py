@@ -91,6 +91,12 @@ class PixelCAM(Method):
             seeds[labels == negative] = 255
         return seeds
 
+    @staticmethod
+    def attach_head(model):
+        """Add the pixel classifier (`model.pixel_head`) on the model's CAM features."""
+        model.pixel_head = PixelHead(model.backbone.out_channels).to(next(model.parameters()).device)
+        return model
+
     def training_loss(self, model, images, labels):
         out = model(images)
         features = out.features.float()  # the op takes float32/64 (autocast may give bf16)
@@ -105,8 +111,7 @@ class PixelCAM(Method):
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
         # ctx.classifier() returns a fresh copy of the cached stage-1 weights: the seeder keeps its own
         model = ctx.classifier() if self.cfg.init_from_stage1 else ctx.new_classifier()
-        model.pixel_head = PixelHead(model.backbone.out_channels).to(ctx.device)
-        self.model = model
+        self.model = model = self.attach_head(model).to(ctx.device)
 
         def on_epoch_end(epoch, terms):
             log.info("pixelcam epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in terms.items()))
