@@ -58,6 +58,10 @@ class MaxMin(LocalizerMethod):
     name = "maxmin"
     Config = MaxMinConfig
 
+    @property
+    def with_background(self) -> bool:  # the x- pass is needed by the KL term only
+        return bool(self.cfg.kl_weight)
+
     def start_epoch(self, epoch: int) -> None:
         c = self.cfg
         self.t = LogBarrierSchedule(c.t0, c.t_factor, c.t_max).t_at(epoch)

@@ -54,6 +54,10 @@ class MinMaxEntropy(LocalizerMethod):
     name = "minmaxent"
     Config = MinMaxEntConfig
 
+    @property
+    def with_background(self) -> bool:  # the x- pass is needed by the irrelevant term only
+        return bool(self.cfg.irrelevant_weight)
+
     def losses(self, out, labels):
         c = self.cfg
         terms = {"loc_ce": c.loc_weight * F.cross_entropy(out.loc_logits, labels),
