@@ -8,7 +8,7 @@ from torch import nn
 from bench.cams import normalize_maps
 from bench.method import Localization, Method, PostHocCAM
 from bench.ops.pixel_classifier import pixel_classifier_probs, pixel_seed_ce
-from bench.ops.seed import SeedConfig, make_seeds
+from bench.ops.seed import IGNORE, SeedConfig, make_seeds
 from bench.registry import get_method, register_method
 from bench.training import train
 
@@ -90,7 +90,7 @@ class PixelCAM(Method):
         seeds = make_seeds(normalize_maps(cams), self.cfg.seed_config(), self.generator)
         negative = getattr(self.dataset, "negative_class", None)
         if negative is not None and not self.cfg.seeds_on_negative_images:
-            seeds[labels == negative] = 255
+            seeds[labels == negative] = IGNORE
         return seeds
 
     @staticmethod
