@@ -12,7 +12,10 @@ Every training step, on the device:
    whatever a subclass adds. A term whose weight is 0 is not computed (ablation switch).
 
 Inference: the decoder's foreground probability at input resolution, and the frozen
-classifier's logits. Subclasses override `seed_maps`, `loss_terms` or `seed_config`."""
+classifier's logits. Subclasses override `seed_maps`, `loss_terms` or `seed_config`; a method
+whose hooks need more of a training batch than its images and labels (video: the frame index,
+the shot id) names those entries in `batch_keys` (they reach `cam_maps` and `loss_terms` as
+keywords), and `train_loader` can replace the shuffled loader (video: batches of clips)."""
 from __future__ import annotations
 
 import logging
@@ -83,13 +86,19 @@ class _DecoderNet(nn.Module):
 class SeededDecoder(Method):
     needs = ("cam-classifier",)
     Config = SeededDecoderConfig
+    batch_keys: tuple[str, ...] = ()  # training-batch entries passed to cam_maps / loss_terms as keywords
+
+    def train_loader(self, train_set, ctx):
+        """The decoder's training batches (called once `self.net` is built); None: the budget's
+        shuffled loader over `train_set`."""
+        return None
 
     def seed_config(self) -> SeedConfig:
         c = self.cfg
         return SeedConfig(n_fg=c.n_fg, n_bg=c.n_bg, fg_mode=c.fg_mode, erode_size=c.erode_size,
                           bg_fraction=c.bg_fraction)
 
-    def cam_maps(self, net: _DecoderNet, features, images, labels) -> torch.Tensor:
+    def cam_maps(self, net: _DecoderNet, features, images, labels, **batch) -> torch.Tensor:
         """Normalised CAMs [B,H,W] at input resolution of the frozen classifier."""
         classes = self.dataset.localization_classes(labels)
         cams = torch.relu(net.classifier.cam(features.float(), classes))
@@ -100,7 +109,7 @@ class SeededDecoder(Method):
         """Seed labels [B,H,W] (1 fg, 0 bg, 255 ignore) from normalised CAMs."""
         return make_seeds(cams.clamp(0, 1), self.seed_config(), self.generator)
 
-    def loss_terms(self, logits: torch.Tensor, seeds, images, labels) -> dict[str, torch.Tensor]:
+    def loss_terms(self, logits: torch.Tensor, seeds, images, labels, **batch) -> dict[str, torch.Tensor]:
         c = self.cfg
         probs = logits.float().softmax(1)
         terms = {}
@@ -117,11 +126,11 @@ class SeededDecoder(Method):
         """Images the size constraint applies to (all by default)."""
         return None
 
-    def training_loss(self, net, images, labels):
+    def training_loss(self, net, images, labels, **batch):
         logits, features, _ = net(images)
         with torch.no_grad():
-            seeds = self.seed_maps(self.cam_maps(net, features, images, labels), images, labels)
-        return self.loss_terms(logits, seeds, images, labels)
+            seeds = self.seed_maps(self.cam_maps(net, features, images, labels, **batch), images, labels)
+        return self.loss_terms(logits, seeds, images, labels, **batch)
 
     def fit(self, train_set, val, ctx) -> None:
         self.dataset = ctx.dataset
@@ -138,7 +147,7 @@ class SeededDecoder(Method):
 
         train(self.net, self.net.decoder.parameters(), train_set, ctx.budget, ctx.device, ctx.budget.method_epochs,
               ctx.seed, loss_fn=self.training_loss, lr=self.cfg.lr, desc=f"{self.name} decoder",
-              on_epoch_end=on_epoch_end)
+              on_epoch_end=on_epoch_end, loader=self.train_loader(train_set, ctx), batch_keys=self.batch_keys)
         self.net.eval()
 
     def localize(self, images, labels):
