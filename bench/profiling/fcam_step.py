@@ -15,6 +15,7 @@ import torch
 from bench.cams.seeded import _DecoderNet
 from bench.models import build_classifier
 from bench.profiling import ProfileTable, register_profile, time_fn
+from bench.profiling.crf import natural_like_images
 from bench.registry import get_method
 from bench.training import autocast
 
@@ -41,7 +42,8 @@ def profile_fcam_step(device: torch.device, size: str) -> list[ProfileTable]:
     backbone, batch, side, repeat = SIZES[size]
     torch.manual_seed(0)
     classifier = build_classifier(backbone, NUM_CLASSES).to(device)
-    images = torch.rand(batch, 3, side, side, device=device)
+    # photo-like images (0-1): uniform noise would fill the CRF lattice far beyond what photos do
+    images = natural_like_images(batch, side, side, device) / 255
     labels = torch.randint(0, NUM_CLASSES, (batch,), device=device)
     cls = get_method("fcam")
     amp = device.type == "cuda"
@@ -59,6 +61,6 @@ def profile_fcam_step(device: torch.device, size: str) -> list[ProfileTable]:
         net.tap.remove()
         base = ms if base is None else base
         rows.append({"step": label, "ms": round(ms, 2), "ratio to CRF off": round(ms / base, 3)})
-    note = (f"{backbone} (random weights, frozen), batch {batch} of {side}x{side}, decoder "
+    note = (f"{backbone} (random weights, frozen), batch {batch} of {side}x{side} photo-like images, decoder "
             f"{cls.Config().decoder_widths}, autocast {'bf16' if amp else 'off'}; median of {repeat} steps")
     return [ProfileTable(f"F-CAM training step on {device.type}", rows, [note])]
