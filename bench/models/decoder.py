@@ -82,7 +82,8 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class UNetDecoder(nn.Module):
-    """Stages of (upsample, concatenate the next finer skip, two 3x3 conv-BN-ReLU); stages past
+    """A 1x1 reduction of the features, then stages of (upsample, concatenate the next finer
+    skip, two 3x3 conv-BN-ReLU); stages past
     the last skip upsample by 2 up to the output size; a 1x1 head gives `classes` maps, resized
     bilinearly to the input size."""
 
@@ -92,7 +93,12 @@ class UNetDecoder(nn.Module):
             raise ValueError("UNetDecoder: widths must not be empty")
         skip_channels = list(skip_channels)[:len(widths)]
         self.n_skips = len(skip_channels)
-        stages, cin = [], feature_channels
+        # A 1x1 reduction of the CAM features to the first width, at their own resolution: on the
+        # stride-8 WSOL encoders the first stage runs at 1/4 of the input, and concatenating
+        # 2048 upsampled channels there made the decoder cost ~3x a CAM training step (H100).
+        self.reduce = nn.Sequential(nn.Conv2d(feature_channels, widths[0], 1, bias=False),
+                                    nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        stages, cin = [], widths[0]
         for i, width in enumerate(widths):
             extra = skip_channels[i] if i < self.n_skips else 0
             stages.append(_block(cin + extra, width))
@@ -101,7 +107,7 @@ class UNetDecoder(nn.Module):
         self.head = nn.Conv2d(cin, classes, 1)
 
     def forward(self, features: torch.Tensor, skips: list[torch.Tensor], out_size: tuple[int, int]) -> torch.Tensor:
-        x = features
+        x = self.reduce(features)
         for i, stage in enumerate(self.stages):
             if i < self.n_skips:
                 skip = skips[i]
