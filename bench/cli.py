@@ -71,7 +71,8 @@ def cmd_run(args) -> int:
         raise ValueError("say what to run: --all, or --methods and/or --datasets")
     budget = get_budget(args.budget)
     seeds = [int(s) for s in _csv(args.seeds)] if args.seeds else list(DEFAULT_SEEDS)
-    device = _device(args.device)
+    slurm = _slurm_config(args)
+    device = _cell_device(args, slurm)
     cells, skipped = build_cells(_csv(args.methods), _csv(args.datasets), seeds, budget, args.data_root,
                                  parse_set_flags(args.set))
     for what, why in skipped:
@@ -81,7 +82,7 @@ def cmd_run(args) -> int:
           + (f", launcher {args.launcher}" if args.launcher != "inline" else ""))
     report = run_grid(cells, budget, data_root=args.data_root, results_dir=args.results, cache_dir=args.cache_dir,
                       device=device, backbone=args.backbone, weights=args.weights, jobs=args.jobs,
-                      launcher=args.launcher, slurm=_slurm_config(args), wait=args.wait, threads=args.threads)
+                      launcher=args.launcher, slurm=slurm, wait=args.wait, threads=args.threads)
     readme, _ = write_leaderboard(args.results, args.results.parent)
     print(f"ran {len(report.ran)}, resumed {len(report.resumed)}, failed {len(report.failed)}"
           + (f", submitted {len(report.submitted)}" if report.submitted else "") + f"; tables in {readme}")
@@ -91,6 +92,14 @@ def cmd_run(args) -> int:
     for label in report.failed:
         print(f"FAILED {label} (see its JSON result for the error)")
     return 1 if report.failed else 0
+
+
+def _cell_device(args, slurm) -> torch.device:
+    """Where cells run: for SLURM tasks on the nodes (not checked here, the submitting machine
+    may have no GPU): --device, else cuda when the tasks get GPUs; else this machine's device."""
+    if args.launcher == "slurm":
+        return torch.device(args.device or ("cuda" if slurm.gpus_per_task > 0 else "cpu"))
+    return _device(args.device)
 
 
 def _slurm_config(args):
@@ -111,10 +120,11 @@ def cmd_submit(args) -> int:
 
     budget = get_budget(args.budget or PROTOCOL_BUDGET)
     seeds = [int(s) for s in _csv(args.seeds)] if args.seeds else list(DEFAULT_SEEDS)
+    slurm = _slurm_config(args)
     result = submit(args.file, budget=budget, seeds=seeds, overrides=parse_set_flags(args.set), data_root=args.data_root,
-                    results_dir=args.results, cache_dir=args.cache_dir, device=_device(args.device),
+                    results_dir=args.results, cache_dir=args.cache_dir, device=_cell_device(args, slurm),
                     backbone=args.backbone, weights=args.weights, jobs=args.jobs, launcher=args.launcher,
-                    slurm=_slurm_config(args), threads=args.threads)
+                    slurm=slurm, threads=args.threads)
     for what, why in result.skipped:
         print(f"skip {what}: {why}")
     if result.deviations:

@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.config import Budget, apply_overrides, config_hash
+from bench.entries import RESULT_SCHEMA, entry_checksum
 from bench.registry import all_datasets, all_methods, get_dataset, get_method
 from bench.runner import cell_config, result_path, run_cell
 
@@ -69,11 +70,14 @@ def build_cells(methods: list[str] | None, datasets: list[str] | None, seeds, bu
 
 
 def is_finished(path: Path, expected_hash: str) -> bool:
+    """A finished cell: a sealed entry of the current schema, intact (checksum), with the
+    expected config hash. Older or edited entries are rerun."""
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    return record.get("status") == "ok" and record.get("config_hash") == expected_hash
+    return (isinstance(record, dict) and record.get("status") == "ok" and record.get("config_hash") == expected_hash
+            and record.get("schema") == RESULT_SCHEMA and record.get("checksum") == entry_checksum(record))
 
 
 def _sweep_orphans(path: Path) -> None:

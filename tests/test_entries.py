@@ -103,3 +103,12 @@ def test_artifacts_hold_the_same_samples_for_every_method(sealed):
         kinds = {key.split(".")[1] for key in arrays["cam"] if key.startswith("curve.")}
         assert kinds == ({"box", "mask"} if dataset == "synth-objects" else {"mask"})
         assert (sealed / dataset / "cam" / "seed0.npz").stat().st_size < 40_000
+
+
+def test_resume_reruns_edited_or_unsealed_entries(results, shared_dirs):
+    path = results / "synth-objects" / "cam" / "seed0.json"
+    _edit(path, lambda r: r["metrics"].__setitem__("MaxBoxAccV2", 99.9))
+    _edit(results / "synth-objects" / "center" / "seed0.json", lambda r: r.pop("checksum"))
+    again = run_tiny_grid(["cam", "center"], ["synth-objects", "synth-tissue"], [0], shared_dirs, results)
+    assert sorted(again.ran) == ["synth-objects/cam/seed0", "synth-objects/center/seed0"] and len(again.resumed) == 2
+    assert check_entries(results) == []

@@ -78,3 +78,34 @@ def test_unregistered_methods_cannot_go_to_workers(shared_dirs, tmp_path):
     with pytest.raises(ValueError, match="is not the registered 'local-only'"):
         run_grid([Cell(Local, Local.Config(), small_dataset("synth-objects"), 0)], SMOKE, data_root=shared_dirs["data"],
                  results_dir=tmp_path, cache_dir=shared_dirs["cache"], device="cpu", jobs=2)
+
+
+def test_slurm_launcher_writes_a_job_array_through_sbatch(shared_dirs, tmp_path, monkeypatch, capsys):
+    """The SLURM path up to sbatch, with stand-ins for `sbatch` (records the script submitit
+    generated) and `srun` on the PATH: there is no cluster here."""
+    pytest.importorskip("submitit", reason="submitit is not installed (pip install -e '.[slurm]')")
+    from bench.cli import main
+    from tests.conftest import set_flags
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/submitted.sh\necho "Submitted batch job 4242"\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")  # submitit checks that srun exists
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    config = tmp_path / "slurm.json"
+    config.write_text(json.dumps({"partition": "gpu", "time_min": 30, "additional": {"constraint": "a100"}}))
+    code = main(["run", "--methods", "center", "--datasets", "synth-objects", "--seeds", "0,1", "--budget", "smoke",
+                 "--data-root", str(shared_dirs["data"]), "--cache-dir", str(tmp_path / "cache"),
+                 "--results", str(tmp_path / "lb" / "results"), "--launcher", "slurm", "--slurm-config", str(config),
+                 "--gpus-per-task", "1", "--no-wait",
+                 *[x for f in set_flags() for x in ("--set", f) if f.startswith("synth-objects")]])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "submitted 2 cells as a job array" in out
+    script = (tmp_path / "submitted.sh").read_text()
+    for line in ("#SBATCH --array=0-1%2", "#SBATCH --partition=gpu", "#SBATCH --time=30", "#SBATCH --gpus-per-node=1",
+                 "#SBATCH --constraint=a100", "#SBATCH --cpus-per-task=8"):
+        assert line in script, line
+    assert list((tmp_path / "lb" / "submitit").glob("*.pkl"))  # one pickled task per cell, read by the nodes
