@@ -20,7 +20,7 @@ import bench
 from bench.config import Budget, config_hash, to_jsonable
 from bench.artifacts import SampleCollector, sample_indices, write_artifacts
 from bench.entries import RESULT_SCHEMA, file_sha256, write_entry
-from bench.io import atomic_torch_save, file_lock
+from bench.io import atomic_torch_save, file_lock, results_lock
 from bench.metrics import BoxEvaluator, MaskEvaluator, Top1Cls, normalize_scoremaps
 from bench.models import WSOLNet, build_classifier
 from bench.training import make_loader, train
@@ -188,6 +188,7 @@ def run_cell(method_cls, method_cfg, dataset, budget: Budget, seed: int, *, data
     if submission is not None:
         record["submission"] = submission
     timings: dict = {}
+    artifacts = None
     start = time.perf_counter()
     try:
         seed_everything(seed)
@@ -209,7 +210,7 @@ def run_cell(method_cls, method_cfg, dataset, budget: Budget, seed: int, *, data
         bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
         if bad:
             raise FloatingPointError(f"metrics not finite: {', '.join(bad)}")
-        record["artifacts"] = write_artifacts(path, dataset, collector, curves)
+        artifacts = (collector, curves)
         record.update(status="ok", metrics=metrics, error=None)
     except KeyboardInterrupt:
         raise
@@ -220,4 +221,9 @@ def run_cell(method_cls, method_cfg, dataset, budget: Budget, seed: int, *, data
     timings["total_s"] = round(time.perf_counter() - start, 3)
     record["timings"] = timings
     record["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    return write_entry(results_dir, path, record)
+    # the entry and its artifacts together under the folder's lock: a concurrent run of the same
+    # cell cannot pair this entry with the other run's artifact file
+    with results_lock(results_dir):
+        if artifacts is not None:
+            record["artifacts"] = write_artifacts(path, dataset, *artifacts)
+        return write_entry(results_dir, path, record)
