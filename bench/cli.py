@@ -208,6 +208,8 @@ def cmd_profile(args) -> int:
     if unknown:
         raise UnknownNameError(f"unknown profile {', '.join(unknown)}; known profiles: {', '.join(sorted(profiles))}")
     device = _device(args.device)
+    if args.append and not args.append.is_file():  # before minutes of profiling, not after
+        raise FileNotFoundError(f"--append {args.append}: no such file (write it with --write first)")
     sections = []
     for op in ops:
         for table in profiles[op](device, args.size):
@@ -215,15 +217,21 @@ def cmd_profile(args) -> int:
             notes = "".join(f"\n- {n}" for n in table.notes)
             sections.append(f"### {table.title}\n\n{text}\n{notes}\n")
             print(sections[-1])
-    if args.write:
+    if args.write or args.append:
         stamp = (f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; "
                  f"torch {torch.__version__}; CUDA {torch.version.cuda}; "
                  f"date {_dt.date.today().isoformat()}; size {args.size}")
         from bench.io import atomic_write_text
 
-        atomic_write_text(args.write, f"# Kernel speed tables\n\nWritten by `python -m bench profile "
-                                      f"--device {device.type} --write {args.write}`.\n\n{stamp}\n\n" + "\n".join(sections))
-        print(f"wrote {args.write}")
+        if args.write:
+            atomic_write_text(args.write, f"# Kernel speed tables\n\nWritten by `python -m bench profile "
+                                          f"--device {device.type} --write {args.write}`.\n\n{stamp}\n\n"
+                                          + "\n".join(sections))
+        else:  # later tables added to a file without re-running the others; each addition is stamped
+            added = (f"\n## Added by `python -m bench profile --device {device.type} --op {','.join(ops)} "
+                     f"--append {args.append}`\n\n{stamp}\n\n" + "\n".join(sections))
+            atomic_write_text(args.append, args.append.read_text().rstrip("\n") + "\n" + added)
+        print(f"wrote {args.write or args.append}")
     return 0
 
 
@@ -308,7 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--op", help="comma-separated profiles (default: all)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when visible)")
     p.add_argument("--size", default="full", choices=("full", "small"))
-    p.add_argument("--write", type=Path, help="write the tables to this markdown file (e.g. leaderboard/kernels.md)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--write", type=Path, help="write the tables to this markdown file (e.g. leaderboard/kernels.md)")
+    out.add_argument("--append", type=Path, help="add the tables, with their own stamp, to an existing file")
     p.set_defaults(func=cmd_profile)
     return parser
 

@@ -24,6 +24,9 @@ class Budget:
     max_train_images: int | None = None  # subsets for tests; None = the whole split
     max_eval_images: int | None = None
     input_size: int | None = None  # None: the dataset's own size
+    # training images are resized to crop_from and a random input_size crop is taken (the
+    # papers' 256 -> 224); None: resized straight to input_size. Evaluation never crops.
+    crop_from: int | None = None
     num_workers: int = 0
     mixed_precision: bool = False  # autocast on CUDA only
 
@@ -35,7 +38,7 @@ BUDGETS: dict[str, Budget] = {
     # The reference papers' settings (Choe et al. 2020 / F-CAM): batch 32, SGD with Nesterov
     # momentum 0.9, weight decay 1e-4, 224 crops; meant for a GPU.
     "paper": Budget("paper", stage1_epochs=50, method_epochs=20, batch_size=32, lr=0.01,
-                    input_size=224, num_workers=8, mixed_precision=True),
+                    input_size=224, crop_from=256, num_workers=8, mixed_precision=True),
 }
 
 

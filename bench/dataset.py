@@ -123,7 +123,8 @@ class MetadataDataset(Dataset):
             out[split] = MetadataImages(
                 root, records, input_size=size, eval_size=self.eval_size, train=split == "train",
                 with_boxes=split != "train" and self.annotation == "box",
-                with_masks=split != "train" and with_masks, mask_threshold=self.mask_threshold)
+                with_masks=split != "train" and with_masks, mask_threshold=self.mask_threshold,
+                crop_from=budget.crop_from)
         return Splits(out["train"], out["val"], out["test"], self.num_classes)
 
 
@@ -172,15 +173,19 @@ class MetadataImages(torch.utils.data.Dataset):
     (1 foreground, 0 background, 255 ignore)."""
 
     def __init__(self, root: Path, records: list[ImageRecord], input_size: int, eval_size: int,
-                 train: bool, with_boxes: bool, with_masks: bool, mask_threshold: int = 127):
+                 train: bool, with_boxes: bool, with_masks: bool, mask_threshold: int = 127,
+                 crop_from: int | None = None):
         self.root, self.records = Path(root), records
         self.input_size, self.eval_size = input_size, eval_size
+        # random crops only for training; pixels are stored at the size the crop is taken from
+        self.crop_from = crop_from if train and crop_from and crop_from > input_size else None
+        self.stored_size = self.crop_from or input_size
         self.train, self.with_boxes, self.with_masks = train, with_boxes, with_masks
         self.mask_threshold = mask_threshold
         self.labels = [r.label for r in records]
         # Decoded, resized pixels are kept in memory when the split is small enough: training
         # revisits every image each epoch and PNG decoding would dominate small-CNN budgets.
-        self._cache_pixels = len(records) * input_size * input_size * 3 <= PIXEL_CACHE_BYTES
+        self._cache_pixels = len(records) * self.stored_size ** 2 * 3 <= PIXEL_CACHE_BYTES
         self._pixels: dict[int, tuple[np.ndarray, tuple[int, int]]] = {}
 
     def __len__(self):
@@ -189,6 +194,10 @@ class MetadataImages(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         rec = self.records[index]
         pixels, size = self._load_pixels(index)
+        if self.crop_from is not None:  # seeded per cell by the runner, like the flip
+            top = _random.randrange(self.crop_from - self.input_size + 1)
+            left = _random.randrange(self.crop_from - self.input_size + 1)
+            pixels = pixels[top:top + self.input_size, left:left + self.input_size]
         image = torch.from_numpy(pixels.astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
         if self.train and _random.random() < 0.5:  # seeded per cell by the runner
             image = image.flip(-1)
@@ -207,7 +216,7 @@ class MetadataImages(torch.utils.data.Dataset):
         return item
 
     def _load_pixels(self, index: int) -> tuple[np.ndarray, tuple[int, int]]:
-        """uint8 [S,S,3] pixels at the input size, and the original (width, height)."""
+        """uint8 [S,S,3] pixels at the stored size (input size, or crop_from), and the original (width, height)."""
         cached = self._pixels.get(index)
         if cached is not None:
             return cached
@@ -217,7 +226,7 @@ class MetadataImages(torch.utils.data.Dataset):
         if rec.size is not None and rec.size != size:
             raise MetadataError(f"{self.root / rec.path}: image is {size[0]}x{size[1]} but image_sizes.txt says "
                                 f"{rec.size[0]}x{rec.size[1]}")
-        pixels = np.asarray(img.resize((self.input_size, self.input_size), Image.BILINEAR), dtype=np.uint8)
+        pixels = np.asarray(img.resize((self.stored_size, self.stored_size), Image.BILINEAR), dtype=np.uint8)
         if self._cache_pixels:
             self._pixels[index] = (pixels, size)
         return pixels, size
@@ -241,4 +250,7 @@ def collate(items: list[dict]) -> dict:
         out["boxes"] = [it["boxes"] for it in items]
     if "mask" in items[0]:
         out["mask"] = torch.stack([it["mask"] for it in items])
+    for key, value in items[0].items():  # integer tags (video: shot, position, subset)
+        if key not in out and isinstance(value, int):
+            out[key] = torch.tensor([it[key] for it in items], dtype=torch.long)
     return out

@@ -21,7 +21,7 @@ from bench.config import Budget, config_hash, to_jsonable
 from bench.artifacts import SampleCollector, sample_indices, write_artifacts
 from bench.entries import RESULT_SCHEMA, file_sha256, write_entry
 from bench.io import atomic_torch_save, file_lock, results_lock
-from bench.metrics import BoxEvaluator, MaskEvaluator, Top1Cls, normalize_scoremaps
+from bench.metrics import BoxEvaluator, CorLocEvaluator, MaskEvaluator, Top1Cls, normalize_scoremaps
 from bench.models import WSOLNet, build_classifier
 from bench.training import make_loader, train
 
@@ -95,6 +95,7 @@ class RunContext:
                 "backbone": self.backbone, "weights": file_sha256(self.weights), "seed": self.seed,
                 "epochs": b.stage1_epochs, "batch_size": b.batch_size, "lr": b.lr, "wd": b.weight_decay,
                 "momentum": b.momentum, "max_train_images": b.max_train_images, "input_size": b.input_size,
+                "crop_from": b.crop_from,
                 "mixed_precision": b.mixed_precision}
 
     def classifier(self) -> WSOLNet:
@@ -128,10 +129,15 @@ def evaluate(method, split, dataset, budget: Budget, device: torch.device, tau: 
     """Localize every image of `split` and compute its metrics (PROTOCOL.md §2).
     Returns (metrics, curves); `samples` keeps the maps of a few images for the report."""
     size = (dataset.eval_size, dataset.eval_size)
-    boxes = BoxEvaluator() if getattr(split, "with_boxes", False) else None
+    with_boxes = getattr(split, "with_boxes", False)
+    # video: CorLoc over annotated frames (one frame per item; a batch holds frames of whole shots
+    # in temporal order, localized in parallel); image: the box accuracies
+    corloc = CorLocEvaluator(dataset.num_classes, getattr(dataset, "subsets", ())) \
+        if with_boxes and dataset.task == "video" else None
+    boxes = BoxEvaluator() if with_boxes and corloc is None else None
     masks = MaskEvaluator() if getattr(split, "with_masks", False) else None
     top1 = Top1Cls()
-    loader = make_loader(split, budget.batch_size, shuffle=False, num_workers=budget.num_workers)
+    loader = make_loader(split, budget.batch_size, shuffle=False, num_workers=budget.num_workers, device=device)
     for batch in loader:
         images, labels = batch["image"].to(device), batch["label"].to(device)
         loc = method.localize(images, dataset.localization_classes(labels))
@@ -144,6 +150,8 @@ def evaluate(method, split, dataset, budget: Budget, device: torch.device, tau: 
             samples.accumulate(batch, maps)
         if boxes is not None:
             boxes.accumulate(maps, batch["boxes"], cls_correct)
+        if corloc is not None:
+            corloc.accumulate(maps, batch["boxes"], labels.cpu(), batch.get("subset"))
         if masks is not None:
             masks.accumulate(maps, batch["mask"])
     metrics: dict = {}
@@ -151,6 +159,9 @@ def evaluate(method, split, dataset, budget: Budget, device: torch.device, tau: 
     if boxes is not None:
         metrics.update(boxes.compute())
         curves["box"] = boxes.curves()
+    if corloc is not None:
+        metrics.update(corloc.compute())
+        curves["corloc"] = corloc.curves()
     if masks is not None:
         metrics.update(masks.compute(tau))
         curves["mask"] = masks.curves()

@@ -15,12 +15,16 @@ from bench.dataset import collate
 log = logging.getLogger(__name__)
 
 
-def make_loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0, drop_last=False):
+def make_loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0, drop_last=False,
+                device: torch.device | None = None):
     generator = torch.Generator().manual_seed(seed)
+    # pinned batches let the host-to-device copy overlap the previous step (non_blocking below)
+    pin = device is not None and device.type == "cuda"
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate,
         num_workers=num_workers, drop_last=drop_last and len(dataset) > batch_size,
-        persistent_workers=num_workers > 0, pin_memory=False)
+        persistent_workers=num_workers > 0, pin_memory=pin,
+        prefetch_factor=4 if num_workers > 0 else None)
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -35,15 +39,20 @@ def classification_loss(model, images, labels):
 
 def train(model: torch.nn.Module, params, train_set, budget, device: torch.device, epochs: int, seed: int,
           loss_fn: Callable = classification_loss, lr: float | None = None, desc: str = "train",
-          on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
+          on_epoch_end: Callable[[int, dict], None] | None = None, loader=None,
+          batch_keys: tuple[str, ...] = ()) -> dict:
     """SGD (Nesterov momentum, weight decay) with a cosine schedule over `epochs`.
-    `loss_fn(model, images, labels)` returns a scalar or a dict of named terms (summed);
-    returns the mean of each term over the last epoch."""
+    `loss_fn(model, images, labels, **extras)` returns a scalar or a dict of named terms
+    (summed); `extras` are the batch entries named in `batch_keys` (e.g. the frame index or shot
+    id of video frames), on the device. `loader` (re-iterable, with a length) replaces the
+    default shuffled loader over `train_set` (e.g. batches of clips from a batch sampler).
+    Returns the mean of each term over the last epoch."""
     params = [p for p in params if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr or budget.lr, momentum=budget.momentum, nesterov=True,
                                 weight_decay=budget.weight_decay)
-    loader = make_loader(train_set, budget.batch_size, shuffle=True, seed=seed, num_workers=budget.num_workers,
-                         drop_last=True)
+    if loader is None:
+        loader = make_loader(train_set, budget.batch_size, shuffle=True, seed=seed, num_workers=budget.num_workers,
+                             drop_last=True, device=device)
     total = max(1, epochs * len(loader))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     model.train()
@@ -54,8 +63,9 @@ def train(model: torch.nn.Module, params, train_set, budget, device: torch.devic
             for batch in loader:
                 images = batch["image"].to(device, non_blocking=True)
                 labels = batch["label"].to(device, non_blocking=True)
+                extras = {k: batch[k].to(device, non_blocking=True) for k in batch_keys}
                 with autocast(device, budget.mixed_precision):
-                    out = loss_fn(model, images, labels)
+                    out = loss_fn(model, images, labels, **extras)
                 parts = out if isinstance(out, dict) else {"loss": out}
                 loss = sum(parts.values())
                 optimizer.zero_grad(set_to_none=True)

@@ -10,6 +10,7 @@ class LayerCAM(PostHocCAM):
     cam = ReLU(sum_k ReLU(d y_c / d A_k(ij)) A_k(ij)), read at `model.cam_layer`."""
 
     name = "layercam"
+    tasks = ("image", "video")  # video: frame-wise
     requires_grad = True
 
     def cams(self, model, images, labels):

@@ -3,7 +3,9 @@
 # CUDA tests, and write leaderboard/kernels.md from `python -m bench profile --device cuda`.
 # Uses the python on PATH (which must hold a CUDA torch); logs go to ${OUT:-/tmp}.
 # A failing step is reported and the next one still runs, so one device call shows everything.
-# PROFILE_OPS (comma list) limits the profiles; EXTRA (a shell command) runs last.
+# PROFILE_OPS (comma list) limits the profiles; with PROFILE_APPEND=1 their tables are added
+# (stamped) to the existing leaderboard/kernels.md instead of rewriting it; SKIP_TESTS=1 skips
+# the CUDA tests; EXTRA (a shell command) runs last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG=${OUT:-/tmp}
@@ -15,8 +17,9 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
 step build bash -c "python3 setup.py build_ext --inplace > '$LOG/build.log' 2>&1; rc=\$?; grep -E 'error|warning: ' '$LOG/build.log' | head -n 40; tail -n 3 '$LOG/build.log'; exit \$rc" || { echo "build failed"; exit 1; }
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 step flavour python3 -c "import bench; assert bench.EXTENSION_FLAVOUR == 'cuda', bench.EXTENSION_FLAVOUR; print('extension flavour: cuda')"
-step cuda-tests bash -c "python3 -m pytest -q --no-header -p no:cacheprovider -rfE -m cuda tests > '$LOG/cuda_tests.log' 2>&1; rc=\$?; tail -n 40 '$LOG/cuda_tests.log'; exit \$rc"
-step profile bash -c "python3 -m bench profile --device cuda ${PROFILE_OPS:+--op $PROFILE_OPS} --write leaderboard/kernels.md > '$LOG/profile.log' 2>&1; rc=\$?; cat '$LOG/profile.log'; exit \$rc" || profile_failed=1
+OUTFLAG=--write; [ -z "${PROFILE_APPEND:-}" ] || OUTFLAG=--append
+[ -n "${SKIP_TESTS:-}" ] || step cuda-tests bash -c "python3 -m pytest -q --no-header -p no:cacheprovider -rfE -m cuda tests > '$LOG/cuda_tests.log' 2>&1; rc=\$?; tail -n 40 '$LOG/cuda_tests.log'; exit \$rc"
+step profile bash -c "python3 -m bench profile --device cuda ${PROFILE_OPS:+--op $PROFILE_OPS} $OUTFLAG leaderboard/kernels.md > '$LOG/profile.log' 2>&1; rc=\$?; cat '$LOG/profile.log'; exit \$rc" || profile_failed=1
 if [ -n "${profile_failed:-}" ] && [ -z "${PROFILE_OPS:-}" ]; then  # isolate which profile fails
   for op in $(python3 -c "from bench.profiling import load_profiles; print(' '.join(sorted(load_profiles())))"); do
     step "profile-$op" bash -c "python3 -m bench profile --device cuda --op $op >> '$LOG/profile_each.log' 2>&1 || { tail -n 20 '$LOG/profile_each.log'; exit 1; }"

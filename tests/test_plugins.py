@@ -8,8 +8,8 @@ from bench.registry import all_datasets, all_methods
 from bench.runner import result_path
 from tests.harness import SMOKE, run_small_cell, small_dataset
 
-IMAGE_DATASETS = [n for n, d in all_datasets().items() if d.synthetic and d.task == "image"]
-PAIRS = [(m, d) for d in IMAGE_DATASETS for m, mcls in all_methods().items() if mcls.skip(small_dataset(d)) is None]
+SYNTHETIC = [n for n, d in all_datasets().items() if d.synthetic]  # image and video
+PAIRS = [(m, d) for d in SYNTHETIC for m, mcls in all_methods().items() if mcls.skip(small_dataset(d)) is None]
 
 
 @pytest.mark.parametrize("method,dataset", PAIRS, ids=[f"{m}-{d}" for m, d in PAIRS])

@@ -73,7 +73,11 @@ def _in_range(count: int, expected) -> bool:
 
 
 def check_dataset(dataset, data_root: Path, decode: bool = False, progress: bool = False) -> CheckReport:
-    """Validate every split folder of a `MetadataDataset` under `data_root`."""
+    """Validate every split folder of a `MetadataDataset` under `data_root` (a dataset with
+    another layout brings its own `check`, e.g. the video datasets)."""
+    own = getattr(dataset, "check", None)
+    if own is not None:
+        return own(data_root, decode=decode, progress=progress)
     report = CheckReport(dataset.name)
     why = dataset.missing(data_root)
     if why is not None:

@@ -48,8 +48,8 @@ def size_constraint(probs: torch.Tensor, t: float, mask: torch.Tensor | None = N
     if probs.dim() != 4 or probs.shape[1] != 2:
         raise ValueError(f"size_constraint: probs must be [B,2,H,W], got {list(probs.shape)}")
     z = -probs.sum(dim=(2, 3))  # [B, 2]
-    if mask is not None:
-        z = z[mask]
-    if z.numel() == 0:
-        return probs.sum() * 0.0
-    return log_barrier(z, t).mean()
+    per_image = log_barrier(z, t).mean(dim=1)
+    if mask is None:
+        return per_image.mean()
+    weight = mask.to(per_image.dtype)  # weighted, not indexed: no host synchronisation per step
+    return (per_image * weight).sum() / weight.sum().clamp(min=1)

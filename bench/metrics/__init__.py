@@ -17,6 +17,9 @@ Public API::
         .compute(tau: float | None = None) -> {"PxAP", "best_tau", "tau", "Dice-fg", "Dice-bg", "mIoU"}
         .curves() -> {"thresholds", "precision", "recall"}
         .reset()
+    CorLocEvaluator(num_classes, subsets=(), cam_curve_interval=0.001)   (video, bench/metrics/video.py)
+        .accumulate(scoremaps [B, H, W] in [0, 1], gt_boxes: list[Tensor[M_i, 4]], labels [B], subsets [B] | None)
+        .compute() -> {"CorLoc", "CorLoc-classmean", "best_tau", "annotated_frames", ["CorLoc-<subset>"]}
     Top1Cls().accumulate(logits [B, C], labels [B]) -> bool [B]; .compute() -> {"Top-1 Cls"}
 
 Where this differs from the reference evaluator (wsolevaluation), by design or by necessity:
@@ -40,5 +43,6 @@ from bench.metrics.box import BoxEvaluator
 from bench.metrics.cls import Top1Cls
 from bench.metrics.common import normalize_scoremaps, taus
 from bench.metrics.mask import MaskEvaluator
+from bench.metrics.video import CorLocEvaluator
 
-__all__ = ["BoxEvaluator", "MaskEvaluator", "Top1Cls", "normalize_scoremaps", "taus"]
+__all__ = ["BoxEvaluator", "CorLocEvaluator", "MaskEvaluator", "Top1Cls", "normalize_scoremaps", "taus"]

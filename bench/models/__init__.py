@@ -104,6 +104,9 @@ class SmallCNN(nn.Module):
             _conv_bn(w2, w3), _conv_bn(w3, w4),
         )
         self.out_channels = w4
+        # decoders on this encoder (F-CAM & co.) scale the papers' widths, meant for 512-2048
+        # channel encoders, down to the size of this one
+        self.decoder_width_scale = 1 / 16
 
     @property
     def cam_layer(self) -> nn.Module:

@@ -203,7 +203,7 @@ def test_cuda_gradcheck_and_opcheck():
     f, v, valid = _inputs(1, 3, 2, 30, torch.float64, seed=4, valid_frac=0.8, device="cuda")
     v.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda x: lattice_filter_op(f, x, valid), (v,), eps=1e-6, atol=1e-8)
-    torch.library.opcheck(torch.ops.wsolbench.lattice_filter.default, (f, v.float(), valid, False, False))
+    torch.library.opcheck(torch.ops.wsolbench.lattice_filter.default, (f.float(), v.detach().float().requires_grad_(), valid, False, False))
 
 
 @pytest.mark.cuda
