@@ -1,4 +1,4 @@
-"""`python -m bench {list,run,leaderboard,data,profile}`."""
+"""`python -m bench {list,run,submit,leaderboard,report,data,profile}`."""
 from __future__ import annotations
 
 import argparse
@@ -71,24 +71,99 @@ def cmd_run(args) -> int:
         raise ValueError("say what to run: --all, or --methods and/or --datasets")
     budget = get_budget(args.budget)
     seeds = [int(s) for s in _csv(args.seeds)] if args.seeds else list(DEFAULT_SEEDS)
-    device = _device(args.device)
+    slurm = _slurm_config(args)
+    device = _cell_device(args, slurm)
     cells, skipped = build_cells(_csv(args.methods), _csv(args.datasets), seeds, budget, args.data_root,
                                  parse_set_flags(args.set))
     for what, why in skipped:
         print(f"skip {what}: {why}")
-    print(f"{len(cells)} cells, budget {budget.name}, device {device}, seeds {seeds}")
+    print(f"{len(cells)} cells, budget {budget.name}, device {device}, seeds {seeds}"
+          + (f", {args.jobs} local workers" if args.jobs > 1 and args.launcher == "inline" else "")
+          + (f", launcher {args.launcher}" if args.launcher != "inline" else ""))
     report = run_grid(cells, budget, data_root=args.data_root, results_dir=args.results, cache_dir=args.cache_dir,
-                      device=device, backbone=args.backbone, weights=args.weights)
+                      device=device, backbone=args.backbone, weights=args.weights, jobs=args.jobs,
+                      launcher=args.launcher, slurm=slurm, wait=args.wait, threads=args.threads)
     readme, _ = write_leaderboard(args.results, args.results.parent)
-    print(f"ran {len(report.ran)}, resumed {len(report.resumed)}, failed {len(report.failed)}; tables in {readme}")
+    print(f"ran {len(report.ran)}, resumed {len(report.resumed)}, failed {len(report.failed)}"
+          + (f", submitted {len(report.submitted)}" if report.submitted else "") + f"; tables in {readme}")
+    if report.submitted:
+        print(f"submitted {len(report.submitted)} cells as a job array; each task writes its entry and regenerates "
+              f"the tables. Rerun the same command after the array ended to resubmit unfinished cells.")
     for label in report.failed:
         print(f"FAILED {label} (see its JSON result for the error)")
     return 1 if report.failed else 0
 
 
+def _cell_device(args, slurm) -> torch.device:
+    """Where cells run: for SLURM tasks on the nodes (not checked here, the submitting machine
+    may have no GPU): --device, else cuda when the tasks get GPUs; else this machine's device."""
+    if args.launcher == "slurm":
+        return torch.device(args.device or ("cuda" if slurm.gpus_per_task > 0 else "cpu"))
+    return _device(args.device)
+
+
+def _slurm_config(args):
+    if args.launcher == "inline":
+        return None
+    from bench.launch import load_slurm_config
+
+    flags = {"partition": args.partition, "gpus_per_task": args.gpus_per_task, "cpus_per_task": args.cpus_per_task,
+             "time_min": args.time_min, "mem_gb": args.mem_gb, "array_parallelism": args.array_parallelism,
+             "log_dir": args.slurm_logs}
+    return load_slurm_config(args.slurm_config, {k: str(v) for k, v in flags.items() if v is not None})
+
+
+def cmd_submit(args) -> int:
+    from bench.config import get_budget, parse_set_flags
+    from bench.grid import DEFAULT_SEEDS, PROTOCOL_BUDGET
+    from bench.submit import submit
+
+    budget = get_budget(args.budget or PROTOCOL_BUDGET)
+    seeds = [int(s) for s in _csv(args.seeds)] if args.seeds else list(DEFAULT_SEEDS)
+    slurm = _slurm_config(args)
+    result = submit(args.file, budget=budget, seeds=seeds, overrides=parse_set_flags(args.set), data_root=args.data_root,
+                    results_dir=args.results, cache_dir=args.cache_dir, device=_cell_device(args, slurm),
+                    backbone=args.backbone, weights=args.weights, jobs=args.jobs, launcher=args.launcher,
+                    slurm=slurm, threads=args.threads)
+    for what, why in result.skipped:
+        print(f"skip {what}: {why}")
+    if result.deviations:
+        print(f"OFF-PROTOCOL submission ({'; '.join(result.deviations)}): its entries and table rows say so")
+    print(f"{result.method}: ran {len(result.ran)}, resumed {len(result.resumed)}, failed {len(result.failed)}")
+    for label in result.failed:
+        print(f"FAILED {label} (see its JSON result for the error)")
+    for problem in result.problems:
+        print(f"INVALID {problem}")
+    print(("submitted: " if result.ok else "not submitted: ") + f"tables in {args.results.parent / 'README.md'}")
+    return 0 if result.ok else 1
+
+
+def cmd_report(args) -> int:
+    from bench.report import write_report
+
+    index = write_report(args.results, args.out, kernels=args.kernels, screenshot=args.screenshot)
+    print(f"wrote {index}" + (f" and {args.screenshot}" if args.screenshot else ""))
+    return 0
+
+
 def cmd_leaderboard(args) -> int:
     from bench.leaderboard import write_leaderboard
 
+    if args.check:
+        from bench.entries import check_entries
+        from bench.leaderboard import REPORTED_CSV, load_reported
+
+        problems = [str(p) for p in check_entries(args.results)]
+        try:
+            load_reported(args.reported or REPORTED_CSV)
+        except (OSError, ValueError) as err:
+            problems.append(str(err))
+        for problem in problems:
+            print(problem)
+        n = len(list(args.results.glob("*/*/seed*.json")))
+        print(f"{len(problems)} problem(s) in {n} entries under {args.results}" if problems
+              else f"{n} entries under {args.results}: all valid")
+        return 1 if problems else 0
     readme, csv = write_leaderboard(args.results, args.out or args.results.parent)
     print(f"wrote {readme} and {csv}")
     return 0
@@ -185,12 +260,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=_default_cache_dir(), help="stage-1 classifier cache")
     p.add_argument("--set", action="append", default=[], metavar="OWNER.KEY=VALUE",
                    help="override a method or dataset setting, e.g. --set synth-objects.image_size=64")
+    _add_scale_out(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("leaderboard", help="regenerate leaderboard/README.md and results.csv")
+    p = sub.add_parser("submit", help="run one new method file under the protocol, validate and table its entries")
+    p.add_argument("file", type=Path, help="the method's plugin file, e.g. methods/mine.py (one registered method)")
+    p.add_argument("--budget", help="NOT the protocol: smoke/tests only (default: the protocol's budget, quick); "
+                                    "entries and table rows are then marked off-protocol")
+    p.add_argument("--seeds", help="NOT the protocol (default: the protocol's seeds 0,1,2); marked off-protocol")
+    p.add_argument("--set", action="append", default=[], metavar="OWNER.KEY=VALUE",
+                   help="NOT the protocol: a dataset or method setting (tests); marked off-protocol")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when visible, else cpu)")
+    p.add_argument("--backbone", default="small-cnn")
+    p.add_argument("--weights", help="local backbone weights file (torchvision state-dict layout)")
+    p.add_argument("--data-root", type=Path, default=_default_data_root())
+    p.add_argument("--results", type=Path, default=REPO_ROOT / "leaderboard" / "results")
+    p.add_argument("--cache-dir", type=Path, default=_default_cache_dir())
+    _add_scale_out(p)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("leaderboard", help="regenerate leaderboard/README.md and results.csv, or --check the entries")
     p.add_argument("--results", type=Path, default=REPO_ROOT / "leaderboard" / "results")
     p.add_argument("--out", type=Path, help="output folder (default: beside --results)")
+    p.add_argument("--check", action="store_true",
+                   help="validate every entry (schema, checksum, config hash, method code hash, duplicates) and "
+                        "reported.csv; exit 1 listing each problem; writes nothing")
+    p.add_argument("--reported", type=Path, help="reported.csv to validate with --check (default leaderboard/reported.csv)")
     p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("report", help="static HTML report: tables, CAM overlays, threshold and PR curves, kernels")
+    p.add_argument("--results", type=Path, default=REPO_ROOT / "leaderboard" / "results")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "leaderboard" / "report",
+                   help="output folder for index.html and figures/ (default leaderboard/report)")
+    p.add_argument("--kernels", type=Path, default=REPO_ROOT / "leaderboard" / "kernels.md",
+                   help="kernel speed tables to include (skipped when the file is absent)")
+    p.add_argument("--screenshot", type=Path, help="also save a full-page PNG screenshot (needs headless Chromium)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("data", help="dataset utilities")
     dsub = p.add_subparsers(dest="data_command", required=True)
@@ -216,6 +321,28 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--append", type=Path, help="add the tables, with their own stamp, to an existing file")
     p.set_defaults(func=cmd_profile)
     return parser
+
+
+def _add_scale_out(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("scale-out")
+    g.add_argument("--jobs", type=int, default=1,
+                   help="local worker processes (one GPU each when several are visible; on CPU the cores are split)")
+    g.add_argument("--threads", type=int,
+                   help="torch threads per cell (default: this machine's threads split among the --jobs workers; a "
+                        "SLURM task's cpus). CPU results are bit-identical across --jobs values at equal --threads")
+    g.add_argument("--launcher", default="inline", choices=("inline", "slurm", "local"),
+                   help="inline: this machine (with --jobs); slurm: a SLURM job array through submitit, one cell per "
+                        "task; local: submitit's local executor (tests)")
+    g.add_argument("--slurm-config", type=Path, help="TOML or JSON file of SLURM settings (bench.launch.SlurmConfig)")
+    g.add_argument("--partition")
+    g.add_argument("--gpus-per-task", type=int)
+    g.add_argument("--cpus-per-task", type=int)
+    g.add_argument("--time-min", type=int, help="time limit of one task in minutes")
+    g.add_argument("--mem-gb", type=int)
+    g.add_argument("--array-parallelism", type=int, help="tasks of the array running at once")
+    g.add_argument("--slurm-logs", help="submitit's log folder (default: beside --results, submitit/)")
+    g.add_argument("--no-wait", dest="wait", action="store_false",
+                   help="return after submitting the array (the tasks write entries and tables themselves)")
 
 
 def main(argv: list[str] | None = None) -> int:

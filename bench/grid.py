@@ -1,20 +1,23 @@
 """The grid: methods x datasets x seeds, resumable."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from bench.config import Budget, apply_overrides, config_hash
+from bench.entries import RESULT_SCHEMA, entry_checksum
 from bench.registry import all_datasets, all_methods, get_dataset, get_method
 from bench.runner import cell_config, result_path, run_cell
 
 log = logging.getLogger(__name__)
 DEFAULT_SEEDS = (0, 1, 2)
+PROTOCOL_BUDGET = "quick"  # the leaderboard's budget: `bench submit` runs at it
 
 
 @dataclass
@@ -23,6 +26,7 @@ class Cell:
     method_cfg: object
     dataset: object
     seed: int
+    overrides: dict = field(default_factory=dict)  # the --set flags of this method and dataset
 
 
 @dataclass
@@ -31,6 +35,7 @@ class GridReport:
     resumed: list
     failed: list
     skipped: list  # (what, reason)
+    submitted: list = field(default_factory=list)  # cells handed to a cluster (not waited for)
 
 
 def build_cells(methods: list[str] | None, datasets: list[str] | None, seeds, budget: Budget, data_root: Path,
@@ -59,16 +64,20 @@ def build_cells(methods: list[str] | None, datasets: list[str] | None, seeds, bu
                 skipped.append((f"{mcls.name} x {dcls.name}", reason))
                 continue
             mcfg = apply_overrides(mcls.Config(), overrides.get(mcls.name, {}), mcls.name)
-            cells.extend(Cell(mcls, mcfg, dataset, seed) for seed in seeds)
+            mine = {o: dict(kv) for o, kv in overrides.items() if o in (mcls.name, dcls.name)}
+            cells.extend(Cell(mcls, mcfg, dataset, seed, mine) for seed in seeds)
     return cells, skipped
 
 
 def is_finished(path: Path, expected_hash: str) -> bool:
+    """A finished cell: a sealed entry of the current schema, intact (checksum), with the
+    expected config hash. Older or edited entries are rerun."""
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    return record.get("status") == "ok" and record.get("config_hash") == expected_hash
+    return (isinstance(record, dict) and record.get("status") == "ok" and record.get("config_hash") == expected_hash
+            and record.get("schema") == RESULT_SCHEMA and record.get("checksum") == entry_checksum(record))
 
 
 def _sweep_orphans(path: Path) -> None:
@@ -79,7 +88,22 @@ def _sweep_orphans(path: Path) -> None:
 
 
 def run_grid(cells: list[Cell], budget: Budget, *, data_root: Path, results_dir: Path, cache_dir: Path,
-             device: torch.device, backbone: str = "small-cnn", weights=None) -> GridReport:
+             device: torch.device, backbone: str = "small-cnn", weights=None, jobs: int = 1,
+             launcher: str = "inline", slurm=None, wait: bool = True, submission: dict | None = None,
+             threads: int | None = None) -> GridReport:
+    """Run every unfinished cell: in this process (`jobs=1`), in `jobs` local worker processes,
+    or as a submitit job array (`launcher` "slurm" or "local", resources from `slurm`, a
+    `bench.launch.SlurmConfig`). Finished cells (same config hash) are skipped.
+
+    `threads`: torch threads per cell (default: this process's threads split among the local
+    workers; a cluster task's cpus). CPU float reductions depend on the thread count, so
+    results are bit-identical across `jobs` values at equal `threads`."""
+    from bench import launch
+
+    if launcher not in launch.LAUNCHERS:
+        raise ValueError(f"--launcher {launcher!r}: known launchers: {', '.join(launch.LAUNCHERS)}")
+    if jobs < 1:
+        raise ValueError(f"--jobs {jobs}: needs at least 1")
     report = GridReport([], [], [], [])
     todo = []
     for cell in cells:
@@ -89,6 +113,39 @@ def run_grid(cells: list[Cell], budget: Budget, *, data_root: Path, results_dir:
             report.resumed.append(path)
         else:
             todo.append(cell)
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads {threads}: needs at least 1")
+    if launcher == "inline" and jobs == 1:
+        if threads:
+            torch.set_num_threads(threads)
+        _run_inline(todo, report, budget, data_root=data_root, results_dir=results_dir, cache_dir=cache_dir,
+                    device=device, backbone=backbone, weights=weights, submission=submission)
+        return report
+    specs = [launch.spec_of(cell) for cell in todo]
+    prepared = set()
+    for cell in todo:  # once, here, before any worker reads the data
+        if cell.dataset.name not in prepared:
+            cell.dataset.prepare(data_root)
+            prepared.add(cell.dataset.name)
+    for cell in todo:
+        _sweep_orphans(result_path(results_dir, cell.dataset.name, cell.method_cls.name, cell.seed))
+    opts = launch.options(budget, data_root=data_root, results_dir=results_dir, cache_dir=cache_dir, device=device,
+                          backbone=backbone, weights=weights, submission=submission)
+    if not specs:
+        return report
+    if launcher == "inline":
+        summaries = launch.run_local_pool(specs, dataclasses.replace(opts, threads=threads), jobs)
+    else:
+        summaries = launch.run_submitit(specs, dataclasses.replace(opts, threads=threads),
+                                        "slurm" if launcher == "slurm" else "local", slurm or launch.SlurmConfig(), wait)
+    order = {s.label: i for i, s in enumerate(specs)}
+    for summary in sorted(summaries, key=lambda s: order[s["label"]]):
+        {"ok": report.ran, "submitted": report.submitted}.get(summary["status"], report.failed).append(summary["label"])
+    return report
+
+
+def _run_inline(todo: list[Cell], report: GridReport, budget: Budget, *, data_root, results_dir, cache_dir, device,
+                backbone, weights, submission) -> None:
     prepared = set()
     with tqdm(total=len(todo), desc="grid", unit="cell", dynamic_ncols=True) as bar:
         for cell in todo:
@@ -100,7 +157,6 @@ def run_grid(cells: list[Cell], budget: Budget, *, data_root: Path, results_dir:
             _sweep_orphans(result_path(results_dir, cell.dataset.name, cell.method_cls.name, cell.seed))
             record = run_cell(cell.method_cls, cell.method_cfg, cell.dataset, budget, cell.seed, data_root=data_root,
                               results_dir=results_dir, cache_dir=cache_dir, device=device, backbone=backbone,
-                              weights=weights)
+                              weights=weights, submission=submission)
             (report.ran if record["status"] == "ok" else report.failed).append(label)
             bar.update(1)
-    return report

@@ -1,15 +1,22 @@
-"""Leaderboard tables from `leaderboard/results/**/*.json`."""
+"""Leaderboard tables from `leaderboard/results/**/*.json`, with the published numbers of
+`leaderboard/reported.csv` shown beside them."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 from tabulate import tabulate
 
-from bench.io import atomic_write_text
+from bench.io import atomic_write_text, results_lock
+from bench.registry import REPO_ROOT
+
+REPORTED_CSV = REPO_ROOT / "leaderboard" / "reported.csv"
+REPORTED_COLUMNS = ("method", "dataset", "metric", "backbone", "value", "paper")
 
 # metrics shown per annotation kind, primary first
 SHOWN = ("MaxBoxAccV2", "MaxBoxAcc", "Top-1 Loc", "Top-1 Cls", "PxAP", "Dice-fg", "mIoU", "CorLoc",
@@ -29,6 +36,47 @@ def load_results(results_dir: Path) -> list[dict]:
     return out
 
 
+@dataclass(frozen=True)
+class Reported:
+    """One published number (a row of reported.csv)."""
+
+    method: str
+    dataset: str
+    metric: str
+    backbone: str
+    value: float
+    paper: str
+
+
+def load_reported(path: Path = REPORTED_CSV) -> list[Reported]:
+    """Read reported.csv strictly: the exact header, a number in [0, 100] and every field filled
+    on each line (errors name file:line)."""
+    path = Path(path)
+    with path.open(newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None or tuple(h.strip() for h in header) != REPORTED_COLUMNS:
+            raise ValueError(f"{path}:1: header must be {','.join(REPORTED_COLUMNS)}, got {header}")
+        out = []
+        for line, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(REPORTED_COLUMNS):
+                raise ValueError(f"{path}:{line}: {len(row)} fields, expected {len(REPORTED_COLUMNS)}")
+            fields = dict(zip(REPORTED_COLUMNS, (v.strip() for v in row)))
+            empty = [k for k, v in fields.items() if not v]
+            if empty:
+                raise ValueError(f"{path}:{line}: empty {', '.join(empty)}")
+            try:
+                value = float(fields["value"])
+            except ValueError:
+                raise ValueError(f"{path}:{line}: value {fields['value']!r} is not a number") from None
+            if not 0.0 <= value <= 100.0:
+                raise ValueError(f"{path}:{line}: value {value} is not a percentage")
+            out.append(Reported(**{**fields, "value": value}))
+    return out
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     mean = sum(values) / len(values)
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
@@ -44,7 +92,8 @@ def summarize(records: list[dict]) -> dict[str, list[dict]]:
     tables: dict[str, list[dict]] = defaultdict(list)
     for (dataset, method), rs in groups.items():
         row = {"method": method, "primary_metric": rs[0]["primary_metric"], "seeds": sorted(r["seed"] for r in rs),
-               "budget": ",".join(sorted({r["budget"] for r in rs})), "backbone": rs[0].get("backbone", "")}
+               "budget": ",".join(sorted({r["budget"] for r in rs})), "backbone": rs[0].get("backbone", ""),
+               "off_protocol": sorted({d for r in rs for d in (r.get("submission") or {}).get("deviations", [])})}
         for metric in sorted({k for r in rs for k in r["metrics"]}):
             values = [r["metrics"][metric] for r in rs if isinstance(r["metrics"].get(metric), (int, float))]
             if values:
@@ -60,8 +109,28 @@ def _fmt(pair) -> str:
     return "" if pair is None else f"{pair[0]:.1f} ± {pair[1]:.1f}"
 
 
-def render_markdown(records: list[dict]) -> str:
+def _label(row: dict) -> str:
+    """Method name, marked when its entries were submitted off the protocol (tests, smoke)."""
+    if row.get("off_protocol"):
+        return f"{row['method']} (off-protocol: {'; '.join(row['off_protocol'])})"
+    return row["method"]
+
+
+def _reported_table(reported: list[Reported], rows: list[dict] | None) -> str:
+    """Published numbers, each beside this leaderboard's mean for the same method and metric."""
+    ours = {row["method"]: row for row in rows or []}
+    body = []
+    for r in sorted(reported, key=lambda r: (r.metric, r.method, r.backbone)):
+        here = ours.get(r.method, {}).get(r.metric)
+        here_text = f"{_fmt(here)} ({ours[r.method]['backbone']})" if here else "-"
+        body.append([f"{r.method} (reported)", r.metric, r.backbone, f"{r.value:.1f}", here_text, r.paper])
+    return tabulate(body, headers=["method", "metric", "backbone", "reported", "here", "paper"], tablefmt="github",
+                    disable_numparse=True)
+
+
+def render_markdown(records: list[dict], reported: list[Reported] | None = None) -> str:
     tables = summarize(records)
+    reported = reported or []
     ok = [r for r in records if r.get("status") == "ok"]
     stamp = lambda key: ", ".join(sorted({str(r.get(key)) for r in ok})) or "n/a"
     dates = sorted(r.get("finished_at", "") for r in ok)
@@ -84,10 +153,20 @@ def render_markdown(records: list[dict]) -> str:
                    if m.startswith(SUBSET_PREFIX) and m not in SHOWN]
         present += list(dict.fromkeys(subsets))  # in the evaluator's order
         metrics = [primary] + [m for m in present if m != primary]
-        body = [[rank, row["method"], *(_fmt(row.get(m)) for m in metrics), len(row["seeds"]), f"{row['fit_s']:.1f}"]
+        body = [[rank, _label(row), *(_fmt(row.get(m)) for m in metrics), len(row["seeds"]), f"{row['fit_s']:.1f}"]
                 for rank, row in enumerate(rows, start=1)]
         lines += [f"## {dataset}", "", f"Ranked by {primary} (%).", "",
                   tabulate(body, headers=["#", "method", *metrics, "seeds", "fit s"], tablefmt="github", disable_numparse=True), ""]
+        mine = [r for r in reported if r.dataset == dataset]
+        if mine:
+            lines += [f"Reported in papers for {dataset} (published numbers, not reproduced by this harness; "
+                      "\"here\" is this table's mean for the same method and metric):", "", _reported_table(mine, rows), ""]
+    elsewhere = sorted({r.dataset for r in reported} - set(tables))
+    if elsewhere:
+        lines += ["## Reported in papers (datasets without results here)", "",
+                  "Published numbers from `leaderboard/reported.csv`, not reproduced by this harness.", ""]
+        for dataset in elsewhere:
+            lines += [f"### {dataset}", "", _reported_table([r for r in reported if r.dataset == dataset], None), ""]
     failed = [r for r in records if r.get("status") != "ok"]
     if failed:
         lines += ["## Failed cells", ""]
@@ -107,9 +186,14 @@ def to_frame(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["dataset", "method", "seed"]) if rows else pd.DataFrame()
 
 
-def write_leaderboard(results_dir: Path, out_dir: Path) -> tuple[Path, Path]:
-    records = load_results(results_dir)
-    readme, csv = Path(out_dir) / "README.md", Path(out_dir) / "results.csv"
-    atomic_write_text(readme, render_markdown(records))
-    atomic_write_text(csv, to_frame(records).to_csv(index=False, float_format="%.4f"))
-    return readme, csv
+def write_leaderboard(results_dir: Path, out_dir: Path, reported: Path | None = REPORTED_CSV) -> tuple[Path, Path]:
+    """Regenerate README.md and results.csv in `out_dir` from every entry in `results_dir`.
+    Holds the result folder's lock from reading the entries to the last table write, so tables
+    written by concurrent runs are never older than the entries finished before they started."""
+    published = load_reported(reported) if reported is not None and Path(reported).is_file() else []
+    readme, table = Path(out_dir) / "README.md", Path(out_dir) / "results.csv"
+    with results_lock(results_dir):
+        records = load_results(results_dir)
+        atomic_write_text(readme, render_markdown(records, published))
+        atomic_write_text(table, to_frame(records).to_csv(index=False, float_format="%.4f"))
+    return readme, table

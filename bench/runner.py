@@ -1,8 +1,8 @@
 """One cell of the grid: a method trained and evaluated on a dataset with a seed."""
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
-import hashlib
 import logging
 import math
 import platform
@@ -18,19 +18,35 @@ import torch
 
 import bench
 from bench.config import Budget, config_hash, to_jsonable
-from bench.io import atomic_torch_save, atomic_write_json
+from bench.artifacts import SampleCollector, sample_indices, write_artifacts
+from bench.entries import RESULT_SCHEMA, file_sha256, write_entry
+from bench.io import atomic_torch_save, file_lock, results_lock
 from bench.metrics import BoxEvaluator, CorLocEvaluator, MaskEvaluator, Top1Cls, normalize_scoremaps
 from bench.models import WSOLNet, build_classifier
 from bench.training import make_loader, train
 
 log = logging.getLogger(__name__)
-RESULT_SCHEMA = 1
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Restore the Python, NumPy and torch (CPU and CUDA) random states on exit."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 def git_version(root: Path) -> str | None:
@@ -43,12 +59,6 @@ def git_version(root: Path) -> str | None:
     if sha.returncode != 0:
         return None
     return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def file_sha256(path: str | None) -> str | None:
-    if not path or not Path(path).is_file():
-        return None
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def device_name(device: torch.device) -> str:
@@ -94,24 +104,30 @@ class RunContext:
         key = self.stage1_key()
         path = self.cache_dir / "stage1" / self.dataset.name / f"{self.backbone}-seed{self.seed}-{config_hash(key)}.pt"
         model = self.new_classifier()
-        if path.is_file():
-            state = torch.load(path, map_location=self.device, weights_only=True)
-            model.load_state_dict(state["state_dict"])
-            model.eval()
-            return model
-        start = time.perf_counter()
-        seed_everything(self.seed)
-        train(model, model.parameters(), self.splits.train, self.budget, self.device, self.budget.stage1_epochs,
-              self.seed, desc=f"stage-1 {self.dataset.name}/{self.backbone}/seed{self.seed}")
-        atomic_torch_save(path, {"state_dict": model.state_dict(), "key": key})
-        self.timings["stage1_s"] = round(time.perf_counter() - start, 3)
+        # One process trains it, the others wait and load it (--jobs, job arrays); the caller's
+        # random state is the same whether it was trained here or loaded, so a cell's result
+        # does not depend on which cell of the grid happened to train the classifier.
+        with file_lock(path.with_name(path.name + ".lock")), preserved_rng():
+            if path.is_file():
+                state = torch.load(path, map_location=self.device, weights_only=True)
+                model.load_state_dict(state["state_dict"])
+                model.eval()
+                return model
+            start = time.perf_counter()
+            seed_everything(self.seed)
+            train(model, model.parameters(), self.splits.train, self.budget, self.device,
+                  self.budget.stage1_epochs, self.seed,
+                  desc=f"stage-1 {self.dataset.name}/{self.backbone}/seed{self.seed}")
+            atomic_torch_save(path, {"state_dict": model.state_dict(), "key": key})
+            self.timings["stage1_s"] = round(time.perf_counter() - start, 3)
         model.eval()
         return model
 
 
-def evaluate(method, split, dataset, budget: Budget, device: torch.device, tau: float | None = None) -> tuple[dict, dict]:
+def evaluate(method, split, dataset, budget: Budget, device: torch.device, tau: float | None = None,
+             samples: SampleCollector | None = None) -> tuple[dict, dict]:
     """Localize every image of `split` and compute its metrics (PROTOCOL.md §2).
-    Returns (metrics, curves)."""
+    Returns (metrics, curves); `samples` keeps the maps of a few images for the report."""
     size = (dataset.eval_size, dataset.eval_size)
     with_boxes = getattr(split, "with_boxes", False)
     # video: CorLoc over annotated frames (one frame per item; a batch holds frames of whole shots
@@ -130,6 +146,8 @@ def evaluate(method, split, dataset, budget: Budget, device: torch.device, tau: 
                              f"expected [{images.shape[0]}, h, w]")
         maps = normalize_scoremaps(loc.cams.detach().float().cpu(), size)
         cls_correct = None if loc.logits is None else top1.accumulate(loc.logits.detach(), labels)
+        if samples is not None:
+            samples.accumulate(batch, maps)
         if boxes is not None:
             boxes.accumulate(maps, batch["boxes"], cls_correct)
         if corloc is not None:
@@ -163,9 +181,13 @@ def cell_config(method_cls, method_cfg, dataset, budget: Budget, seed: int, back
 
 
 def run_cell(method_cls, method_cfg, dataset, budget: Budget, seed: int, *, data_root: Path, results_dir: Path,
-             cache_dir: Path, device: torch.device, backbone: str = "small-cnn", weights=None) -> dict:
-    """Run one cell and write its result atomically; a failure is recorded, not raised."""
+             cache_dir: Path, device: torch.device, backbone: str = "small-cnn", weights=None,
+             submission: dict | None = None) -> dict:
+    """Run one cell and write its sealed entry (and its small artifacts for the report)
+    atomically; a failure is recorded, not raised. `submission` (from `bench submit`) is stored
+    in the entry: whether it ran under the protocol and, if not, why."""
     config = cell_config(method_cls, method_cfg, dataset, budget, seed, backbone, weights)
+    path = result_path(results_dir, dataset.name, method_cls.name, seed)
     record = {
         "schema": RESULT_SCHEMA, "method": method_cls.name, "dataset": dataset.name, "seed": seed,
         "budget": budget.name, "backbone": backbone, "task": dataset.task,
@@ -174,7 +196,10 @@ def run_cell(method_cls, method_cfg, dataset, budget: Budget, seed: int, *, data
                          "method_file_sha256": file_sha256(getattr(method_cls, "source_file", None))},
         "torch": torch.__version__, "device": device_name(device), "extension": bench.EXTENSION_FLAVOUR,
     }
+    if submission is not None:
+        record["submission"] = submission
     timings: dict = {}
+    artifacts = None
     start = time.perf_counter()
     try:
         seed_everything(seed)
@@ -190,11 +215,13 @@ def run_cell(method_cls, method_cfg, dataset, budget: Budget, seed: int, *, data
         if dataset.annotation == "mask":  # Dice / mIoU use the validation-best threshold
             val_metrics, _ = evaluate(method, splits.val, dataset, budget, device)
             tau = val_metrics["best_tau"]
-        metrics, _ = evaluate(method, splits.test, dataset, budget, device, tau=tau)
+        collector = SampleCollector(sample_indices(len(splits.test)))
+        metrics, curves = evaluate(method, splits.test, dataset, budget, device, tau=tau, samples=collector)
         timings["eval_s"] = round(time.perf_counter() - t0, 3)
         bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
         if bad:
             raise FloatingPointError(f"metrics not finite: {', '.join(bad)}")
+        artifacts = (collector, curves)
         record.update(status="ok", metrics=metrics, error=None)
     except KeyboardInterrupt:
         raise
@@ -205,5 +232,9 @@ def run_cell(method_cls, method_cfg, dataset, budget: Budget, seed: int, *, data
     timings["total_s"] = round(time.perf_counter() - start, 3)
     record["timings"] = timings
     record["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    atomic_write_json(result_path(results_dir, dataset.name, method_cls.name, seed), record)
-    return record
+    # the entry and its artifacts together under the folder's lock: a concurrent run of the same
+    # cell cannot pair this entry with the other run's artifact file
+    with results_lock(results_dir):
+        if artifacts is not None:
+            record["artifacts"] = write_artifacts(path, dataset, *artifacts)
+        return write_entry(results_dir, path, record)

@@ -24,3 +24,20 @@ def run_small_cell(method: str, dataset: str, seed: int, dirs: dict, results: Pa
     mcls = method_cls or get_method(method)
     return run_cell(mcls, mcls.Config(), ds, SMOKE, seed, data_root=dirs["data"], results_dir=results,
                     cache_dir=dirs["cache"], device=torch.device("cpu"))
+
+
+def tiny_cells(methods: list[str], datasets: list[str], seeds: list[int], data_root: Path):
+    """Grid cells of the small embedded datasets at the smoke budget (with their overrides)."""
+    from bench.grid import build_cells
+
+    overrides = {d: SMALL_DATASETS[d] for d in datasets if d in SMALL_DATASETS}
+    return build_cells(methods, datasets, seeds, SMOKE, data_root, overrides)[0]
+
+
+def run_tiny_grid(methods: list[str], datasets: list[str], seeds: list[int], dirs: dict, results: Path, **kw):
+    """run_grid on tiny cells (CPU, smoke budget); keyword arguments go to run_grid."""
+    from bench.grid import run_grid
+
+    cells = tiny_cells(methods, datasets, seeds, dirs["data"])
+    return run_grid(cells, SMOKE, data_root=dirs["data"], results_dir=results, cache_dir=dirs["cache"],
+                    device=torch.device("cpu"), **kw)

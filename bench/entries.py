@@ -1,0 +1,158 @@
+"""Leaderboard entries: the result JSON of one cell, sealed by a checksum, and the checks
+`python -m bench leaderboard --check` runs over a result folder.
+
+An entry is written once by the runner (`write_entry`): its `checksum` is the SHA-256 of the
+entry's canonical JSON without the checksum itself, so any hand edit of a metric, a config or
+a timing shows. Its `config_hash` must be the hash of its `config`, and its
+`code_version.method_file_sha256` the hash of the method's file as it is now (a method changed
+after its entries were written needs them rerun).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.config import config_hash
+from bench.io import atomic_write_json, results_lock
+
+RESULT_SCHEMA = 2  # 2: checksum, artifacts, submission fields
+ENTRY_NAME = re.compile(r"^seed(\d+)\.json$")
+
+# key -> type(s) every entry carries (failed cells too)
+REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "schema": int, "method": str, "dataset": str, "seed": int, "budget": str, "backbone": str, "task": str,
+    "primary_metric": str, "config": dict, "config_hash": str, "code_version": dict, "torch": str,
+    "device": str, "status": str, "metrics": dict, "timings": dict, "finished_at": str, "checksum": str,
+}
+
+
+def entry_checksum(record: dict) -> str:
+    body = {k: v for k, v in record.items() if k not in ("checksum", "_path")}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def seal(record: dict) -> dict:
+    record = {k: v for k, v in record.items() if k != "_path"}
+    record["checksum"] = entry_checksum(record)
+    return record
+
+
+def write_entry(results_dir: Path, path: Path, record: dict) -> dict:
+    """Seal `record` and write it atomically at `path` under the result folder's lock."""
+    sealed = seal(record)
+    with results_lock(results_dir):
+        atomic_write_json(path, sealed)
+    return sealed
+
+
+def file_sha256(path) -> str | None:
+    if not path or not Path(path).is_file():
+        return None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+def _method_file_hashes() -> dict[str, str | None]:
+    from bench.registry import all_methods
+
+    return {name: file_sha256(getattr(cls, "source_file", None)) for name, cls in all_methods().items()}
+
+
+def check_record(record: dict, path: Path, results_dir: Path, method_hashes: dict[str, str | None]) -> list[str]:
+    """Reasons why one entry is not a valid leaderboard entry (empty when it is)."""
+    reasons: list[str] = []
+    for key, kind in REQUIRED.items():
+        if key not in record:
+            reasons.append(f"missing field {key!r}" + (" (written before entries were sealed: rerun the cell)"
+                                                        if key == "checksum" else ""))
+        elif not isinstance(record[key], kind) or (kind is int and isinstance(record[key], bool)):
+            reasons.append(f"field {key!r} is {type(record[key]).__name__}, expected "
+                           f"{getattr(kind, '__name__', kind)}")
+    if reasons:
+        return reasons
+    if record["schema"] != RESULT_SCHEMA:
+        reasons.append(f"schema {record['schema']}, this harness writes schema {RESULT_SCHEMA} (rerun the cell)")
+    if record["checksum"] != entry_checksum(record):
+        reasons.append("checksum does not match the content (edited after the runner wrote it)")
+    rel = path.relative_to(results_dir).parts
+    where = (record["dataset"], record["method"], f"seed{record['seed']}.json")
+    if tuple(rel) != where:
+        reasons.append(f"lies at {'/'.join(rel)} but is the cell {'/'.join(where)}")
+    cfg = record["config"]
+    if record["config_hash"] != config_hash(cfg):
+        reasons.append(f"config_hash {record['config_hash']} is not the hash of its config ({config_hash(cfg)})")
+    for key in ("method", "dataset", "seed", "backbone"):
+        if key in cfg and cfg[key] != record[key]:
+            reasons.append(f"{key} is {record[key]!r} but its config says {cfg[key]!r}")
+    if record["method"] not in method_hashes:
+        reasons.append(f"method {record['method']!r} is not registered (no plugin file defines it)")
+    else:
+        now, then = method_hashes[record["method"]], record["code_version"].get("method_file_sha256")
+        if then is None:
+            reasons.append("no method code hash (code_version.method_file_sha256)")
+        elif now != then:
+            reasons.append(f"method file changed since this entry was written (sha256 {then[:12]} then, "
+                           f"{str(now)[:12]} now): rerun the cell")
+    if record["status"] == "ok":
+        metrics = record["metrics"]
+        if record["primary_metric"] not in metrics:
+            reasons.append(f"primary metric {record['primary_metric']!r} missing from metrics")
+        for name, value in metrics.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                reasons.append(f"metric {name!r} is {value!r}, not a finite number")
+    elif record["status"] != "failed":
+        reasons.append(f"status {record['status']!r} is neither 'ok' nor 'failed'")
+    artifacts = record.get("artifacts")
+    if artifacts:
+        art = path.parent / artifacts.get("file", "")
+        if not art.is_file():
+            reasons.append(f"its artifact file {art.name} is missing")
+        elif file_sha256(art) != artifacts.get("sha256"):
+            reasons.append(f"its artifact file {art.name} does not match its sha256")
+    return reasons
+
+
+def check_entries(results_dir: Path, methods: set[str] | None = None) -> list[Problem]:
+    """Every problem of every entry under `results_dir` (of `methods` only, when given): schema,
+    checksum, config hash, method code hash, layout, duplicate cells."""
+    results_dir = Path(results_dir)
+    method_hashes = _method_file_hashes()
+    problems: list[Problem] = []
+    cells: dict[tuple, list[Path]] = defaultdict(list)
+    for path in sorted(results_dir.rglob("*.json")):
+        rel = path.relative_to(results_dir)
+        if len(rel.parts) != 3 or not ENTRY_NAME.match(rel.name):
+            problems.append(Problem(str(path), "not an entry path (<dataset>/<method>/seed<k>.json)"))
+            continue
+        if methods is not None and rel.parts[1] not in methods:
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            problems.append(Problem(str(path), f"not valid JSON ({err})"))
+            continue
+        if not isinstance(record, dict):
+            problems.append(Problem(str(path), "not a JSON object"))
+            continue
+        problems += [Problem(str(path), r) for r in check_record(record, path, results_dir, method_hashes)]
+        cells[(record.get("dataset"), record.get("method"), record.get("seed"))].append(path)
+    for (dataset, method, seed), paths in cells.items():
+        if len(paths) > 1:
+            for path in paths:
+                others = ", ".join(str(p) for p in paths if p != path)
+                problems.append(Problem(str(path), f"duplicate cell {dataset}/{method}/seed{seed} (also {others})"))
+    return problems
