@@ -1,12 +1,13 @@
 from pathlib import Path
 
+from bench.data.synthetic_dataset import Generated
 from bench.data.synthetic_video import MOTIONS, SynthVideoConfig, prepare_video
 from bench.data.video import VideoDataset
 from bench.registry import register_dataset
 
 
 @register_dataset
-class SynthVideo(VideoDataset):
+class SynthVideo(Generated, VideoDataset):
     """Embedded video: shots of an object (told apart by one small part) moving, turning and
     zooming over panning photo clutter, in slow- and fast-motion shots; YTO tree layout, boxes
     on every other val/test frame (CorLoc, also per motion subset).
@@ -15,27 +16,11 @@ class SynthVideo(VideoDataset):
     """
 
     name = "synth-video"
-    synthetic = True
     subsets = MOTIONS  # CorLoc-slow, CorLoc-fast
     # 4 random frames per shot per pass: with the protocol's 1, an epoch of the few synthetic
     # shots would be a handful of steps (YTO loaders keep 1)
     train_draws_per_shot = 4
     Config = SynthVideoConfig
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.cfg.class_names())
-
-    @property
-    def image_size(self) -> int:
-        return self.cfg.image_size
-
-    @property
-    def eval_size(self) -> int:
-        return self.cfg.image_size
-
-    def missing(self, data_root: Path) -> str | None:
-        return None  # generated on demand
 
     def prepare(self, data_root: Path) -> None:
         prepare_video(Path(data_root), self.cfg)

@@ -8,7 +8,10 @@ from bench.data.synthetic import prepare
 from bench.dataset import MetadataDataset
 
 
-class SyntheticDataset(MetadataDataset):
+class Generated:
+    """Mixin of the embedded datasets (images and video): classes and sizes come from the
+    generator's config, and the data is never missing (it is generated on demand)."""
+
     synthetic = True
 
     @property
@@ -26,5 +29,7 @@ class SyntheticDataset(MetadataDataset):
     def missing(self, data_root: Path) -> str | None:
         return None  # generated on demand
 
+
+class SyntheticDataset(Generated, MetadataDataset):
     def prepare(self, data_root: Path) -> None:
         prepare(self.name, Path(data_root), self.cfg)
