@@ -22,6 +22,8 @@ class CoLoCAMConfig(SeededDecoderConfig):
     # at all (decoder maps bloated to round blobs, CorLoc below CAM). 2e-5 restores its role there;
     # on YTO at 224x224 use the papers' value: --set tcam.crf_weight=2e-9 (likewise colocam).
     crf_weight: float = 2e-5
+    crf_reference_side: int | None = None  # the weight above as given (measured on synth-video)
+    bg_fraction: float = 0.1  # as measured with the weight above
     n_frames: int = 4  # adjacent frames of one shot per clip (the paper uses 2..4)
     joint_weight: float = 1.0  # lambda of the adaptive joint term lambda * R / |R|.detach() (0 = off)
     joint_sigma_rgb: float = 15.0

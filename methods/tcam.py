@@ -22,6 +22,8 @@ class TCAMConfig(SeededDecoderConfig):
     # at all (decoder maps bloated to round blobs, CorLoc below CAM). 2e-5 restores its role there;
     # on YTO at 224x224 use the papers' value: --set tcam.crf_weight=2e-9 (likewise colocam).
     crf_weight: float = 2e-5
+    crf_reference_side: int | None = None  # the weight above as given (measured on synth-video)
+    bg_fraction: float = 0.1  # as measured with the weight above
     n_frames: int = 1  # CAM-TMP window: previous frames of the same shot pooled with the frame (the paper's best)
     direction: str = "before"
     reweight_h: float | None = None  # optional exp(h*cam)/max re-weighting before the max (off in the paper's best)

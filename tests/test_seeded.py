@@ -114,3 +114,12 @@ def test_fcam_seeds_come_from_the_frozen_classifier_cam():
         median = q[b].median()
         assert (q[b][seeds[b] == 1] > median).float().mean() > 0.5
         assert (q[b][seeds[b] == 0] < median).float().mean() > 0.5
+
+
+def test_crf_weight_keeps_the_papers_value_at_224_and_grows_with_fewer_pixel_pairs():
+    full = _method("fcam", crf_scale=1.0)
+    assert full.crf_grid_weight((224, 224)) == pytest.approx(2e-9)
+    assert full.crf_grid_weight((112, 112)) == pytest.approx(2e-9 * 16)  # 4x fewer pixels, 16x fewer pairs
+    half = _method("fcam")  # crf_scale 0.5: a 224 input runs the CRF on 112x112
+    assert half.crf_grid_weight((224, 224)) == pytest.approx(2e-9 * 16)
+    assert _method("fcam", crf_reference_side=None).crf_grid_weight((96, 96)) == 2e-9
