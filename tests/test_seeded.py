@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench.cams.seeded import _DecoderNet
+from bench.cams.seeded import DecoderNet
 from bench.losses.partial_ce import negative_evidence_loss, partial_cross_entropy
 from bench.models import build_classifier
 from bench.ops.seed import IGNORE
@@ -14,7 +14,7 @@ from bench.registry import get_method
 @pytest.mark.parametrize("backbone,side", [("small-cnn", 32), ("resnet50", 64), ("vgg16", 64), ("inceptionv3", 96)])
 def test_decoder_output_matches_the_input_for_every_backbone(backbone, side):
     torch.manual_seed(0)
-    net = _DecoderNet(build_classifier(backbone, 3), (16, 8, 8, 4, 4), side)
+    net = DecoderNet(build_classifier(backbone, 3), (16, 8, 8, 4, 4), side)
     assert net.tap.skip_channels, "no skip feature found"  # every backbone has finer maps than its CAM features
     logits, features, cls_logits = net(torch.rand(2, 3, side, side))
     assert logits.shape == (2, 2, side, side) and cls_logits.shape == (2, 3)
@@ -25,7 +25,7 @@ def test_decoder_output_matches_the_input_for_every_backbone(backbone, side):
 
 
 def test_train_mode_keeps_the_classifier_in_eval():
-    net = _DecoderNet(build_classifier("small-cnn", 3), (8, 4), 32)
+    net = DecoderNet(build_classifier("small-cnn", 3), (8, 4), 32)
     net.train()
     assert net.decoder.training and not net.classifier.training
 
@@ -98,7 +98,7 @@ def test_ablation_switch_removes_its_term(switch, term):
 def test_fcam_seeds_come_from_the_frozen_classifier_cam():
     torch.manual_seed(0)
     method = _method("fcam", erode_size=0, n_fg=3, n_bg=3)
-    net = _DecoderNet(build_classifier("small-cnn", 2), (8, 4), 32)
+    net = DecoderNet(build_classifier("small-cnn", 2), (8, 4), 32)
     images, labels = torch.rand(2, 3, 32, 32), torch.tensor([1, 0])
     _, features, _ = net(images)
     cams = method.cam_maps(net, features, images, labels)

@@ -62,7 +62,7 @@ class SeededDecoderConfig:
     lr: float | None = None  # decoder learning rate (None: the budget's)
 
 
-class _DecoderNet(nn.Module):
+class DecoderNet(nn.Module):
     """Frozen classifier + trainable decoder; `train()` never unfreezes the classifier's BN."""
 
     def __init__(self, classifier, decoder_widths, probe_size: int):
@@ -104,7 +104,7 @@ class SeededDecoder(Method):
         return SeedConfig(n_fg=c.n_fg, n_bg=c.n_bg, fg_mode=c.fg_mode, erode_size=c.erode_size,
                           bg_fraction=c.bg_fraction)
 
-    def cam_maps(self, net: _DecoderNet, features, images, labels, **batch) -> torch.Tensor:
+    def cam_maps(self, net: DecoderNet, features, images, labels, **batch) -> torch.Tensor:
         """Normalised CAMs [B,H,W] at input resolution of the frozen classifier."""
         classes = self.dataset.localization_classes(labels)
         cams = torch.relu(net.classifier.cam(features.float(), classes))
@@ -153,7 +153,7 @@ class SeededDecoder(Method):
         schedule = LogBarrierSchedule()
         self.t = schedule.t_at(0)
         probe = train_set[0]["image"].shape[-1]
-        self.net = _DecoderNet(ctx.classifier(), self.cfg.decoder_widths, probe).to(ctx.device)
+        self.net = DecoderNet(ctx.classifier(), self.cfg.decoder_widths, probe).to(ctx.device)
 
         def on_epoch_end(epoch, terms):
             log.info("%s epoch %d: %s (log-barrier t=%.3f)", self.name, epoch,

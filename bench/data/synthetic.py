@@ -267,18 +267,22 @@ def _hsv_color(h: float, s: float, v: float) -> np.ndarray:
 
 
 # ------------------------------------------------------------------- synth-objects
-def _background(rng: np.random.Generator, cfg: SynthObjectsConfig) -> np.ndarray:
+def _jittered_photo(rng: np.random.Generator, cfg, side: int, flips: bool = True) -> np.ndarray:
+    """A random crop of one of `cfg.backgrounds`, resized to `side` x `side`, optionally flipped,
+    rotated by a multiple of 90 degrees and colour-jittered (`cfg.bg_*`); float RGB in [0, 1].
+    Shared by synth-objects (backgrounds) and synth-video (the canvas its frames pan over)."""
     src = _source(cfg.backgrounds[int(rng.integers(len(cfg.backgrounds)))])
     h, w = src.shape[:2]
-    side = int(round(_u(rng, cfg.bg_crop) * min(h, w)))
-    side = max(min(side, min(h, w)), 8)
-    y0 = int(rng.integers(0, h - side + 1))
-    x0 = int(rng.integers(0, w - side + 1))
-    img = _resize(src[y0:y0 + side, x0:x0 + side], cfg.image_size)
-    if rng.random() < 0.5:
-        img = img[:, ::-1]
-    if rng.random() < 0.5:
-        img = img[::-1, :]
+    crop = int(round(_u(rng, cfg.bg_crop) * min(h, w)))
+    crop = max(min(crop, min(h, w)), 8)
+    y0 = int(rng.integers(0, h - crop + 1))
+    x0 = int(rng.integers(0, w - crop + 1))
+    img = _resize(src[y0:y0 + crop, x0:x0 + crop], side)
+    if flips:
+        if rng.random() < 0.5:
+            img = img[:, ::-1]
+        if rng.random() < 0.5:
+            img = img[::-1, :]
     k = int(rng.integers(4))
     img = np.rot90(img, k)
     # colour jitter: hue rotation, saturation, contrast, brightness (grey sources get tinted)
@@ -397,7 +401,7 @@ def _draw_object(rng: np.random.Generator, cfg: SynthObjectsConfig, cls: int):
 def _objects_sample(cfg: SynthObjectsConfig, split: str, cls: int, idx: int):
     rng = _rng(cfg.seed, split, cls, idx, salt=101)
     S = cfg.image_size
-    bg = _background(rng, cfg)
+    bg = _jittered_photo(rng, cfg, cfg.image_size)
     for _ in range(100):
         obj = _draw_object(rng, cfg, cls)
         if obj is not None:

@@ -44,10 +44,9 @@ from typing import Optional, Tuple
 
 import numpy as np
 from PIL import Image
-from skimage import color as skcolor
 
-from bench.data.synthetic import (DEFAULT_BACKGROUNDS, PART_SHAPES, SPLITS, _hsv_color, _part_mask, _prepare_dirs,
-                                  _resize, _rng, _save_png, _source, _to_u8, _u, _write_text)
+from bench.data.synthetic import (DEFAULT_BACKGROUNDS, PART_SHAPES, SPLITS, _hsv_color, _jittered_photo, _part_mask,
+                                  _prepare_dirs, _rng, _save_png, _to_u8, _u, _write_text)
 
 log = logging.getLogger(__name__)
 
@@ -156,26 +155,6 @@ def _triangle_wave(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
         return np.full_like(x, (lo + hi) / 2)
     y = np.mod(x - lo, 2 * span)
     return lo + np.where(y > span, 2 * span - y, y)
-
-
-def _background_canvas(rng, cfg: SynthVideoConfig, side: int) -> np.ndarray:
-    """A colour-jittered photo crop of `side` x `side` pixels (float RGB in [0, 1])."""
-    src = _source(cfg.backgrounds[int(rng.integers(len(cfg.backgrounds)))])
-    h, w = src.shape[:2]
-    crop = max(min(int(round(_u(rng, cfg.bg_crop) * min(h, w))), min(h, w)), 8)
-    y0, x0 = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
-    img = _resize(src[y0:y0 + crop, x0:x0 + crop], side)
-    img = np.rot90(img, int(rng.integers(4)))
-    hsv = skcolor.rgb2hsv(img)
-    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-cfg.bg_hue_shift, cfg.bg_hue_shift)) % 1.0
-    if hsv[..., 1].mean() < 0.05:  # a grey photograph: give it a random tint
-        hsv[..., 0] = rng.random()
-        hsv[..., 1] = rng.uniform(0.1, 0.4)
-    hsv[..., 1] = np.clip(hsv[..., 1] * _u(rng, cfg.bg_saturation), 0, 1)
-    img = skcolor.hsv2rgb(hsv).astype(np.float32)
-    mean = img.mean()
-    img = ((img - mean) * _u(rng, cfg.bg_contrast) + mean) * _u(rng, cfg.bg_brightness)
-    return np.clip(img, 0, 1).astype(np.float32)
 
 
 def _body_texture(kind: int, params: np.ndarray, x: np.ndarray, y: np.ndarray, a: float) -> np.ndarray:
@@ -302,7 +281,7 @@ def shot_frames(cfg: SynthVideoConfig, split: str, label: int, index: int):
     obj = _Object.draw(rng, cfg, label)
     cx, cy, rot, scale, bx, by = _trajectory(rng, cfg, motion, obj)
     pad = int(np.ceil(max(bx.max(), by.max()))) + 1
-    canvas = _background_canvas(rng, cfg, S + pad)
+    canvas = _jittered_photo(rng, cfg, S + pad, flips=False)
     frames = np.zeros((T, S, S, 3), dtype=np.uint8)
     masks = np.zeros((T, S, S), dtype=bool)
     boxes = np.zeros((T, 4), dtype=np.int64)

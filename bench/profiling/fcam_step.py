@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import torch
 
-from bench.cams.seeded import _DecoderNet
+from bench.cams.seeded import DecoderNet
 from bench.models import build_classifier
 from bench.profiling import ProfileTable, register_profile, time_fn
 from bench.profiling.crf import natural_like_images
@@ -56,7 +56,7 @@ def profile_fcam_step(device: torch.device, size: str) -> list[ProfileTable]:
         method.dataset = SimpleNamespace(localization_classes=lambda y: y, negative_class=None)
         method.generator = torch.Generator(device=device).manual_seed(0)
         method.t = 1.0
-        net = _DecoderNet(classifier, method.cfg.decoder_widths, side).to(device).train()
+        net = DecoderNet(classifier, method.cfg.decoder_widths, side).to(device).train()
         ms = time_fn(_step_fn(method, net, images, labels, device, amp), device, warmup=3, repeat=repeat)
         net.tap.remove()
         base = ms if base is None else base

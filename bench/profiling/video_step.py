@@ -23,7 +23,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from bench.cams.seeded import _DecoderNet
+from bench.cams.seeded import DecoderNet
 from bench.models import build_classifier
 from bench.profiling import ProfileTable, register_profile, time_fn
 from bench.profiling.crf import natural_like_images
@@ -60,7 +60,7 @@ def _colocam(classifier, side: int, n: int, device, joint: bool):
     method.dataset = SimpleNamespace(localization_classes=lambda labels: labels)
     method.generator = torch.Generator(device=device).manual_seed(0)
     method.t = 1.0
-    net = _DecoderNet(classifier, cfg.decoder_widths, side).to(device)
+    net = DecoderNet(classifier, cfg.decoder_widths, side).to(device)
     net.train()
     return method, net
 
