@@ -77,12 +77,13 @@ def cmd_run(args) -> int:
                                  parse_set_flags(args.set))
     for what, why in skipped:
         print(f"skip {what}: {why}")
+    threads = _cell_threads(args, device)
     print(f"{len(cells)} cells, budget {budget.name}, device {device}, seeds {seeds}"
-          + (f", {args.jobs} local workers" if args.jobs > 1 and args.launcher == "inline" else "")
-          + (f", launcher {args.launcher}" if args.launcher != "inline" else ""))
+          + (f", {args.jobs or 'auto'} local workers" if args.launcher == "inline" else f", launcher {args.launcher}")
+          + (f", torch threads per cell: {threads}" if threads else ""))
     report = run_grid(cells, budget, data_root=args.data_root, results_dir=args.results, cache_dir=args.cache_dir,
                       device=device, backbone=args.backbone, weights=args.weights, jobs=args.jobs,
-                      launcher=args.launcher, slurm=slurm, wait=args.wait, threads=args.threads)
+                      launcher=args.launcher, slurm=slurm, wait=args.wait, threads=threads)
     readme, _ = write_leaderboard(args.results, args.results.parent)
     print(f"ran {len(report.ran)}, resumed {len(report.resumed)}, failed {len(report.failed)}"
           + (f", submitted {len(report.submitted)}" if report.submitted else "") + f"; tables in {readme}")
@@ -124,7 +125,7 @@ def cmd_submit(args) -> int:
     result = submit(args.file, budget=budget, seeds=seeds, overrides=parse_set_flags(args.set), data_root=args.data_root,
                     results_dir=args.results, cache_dir=args.cache_dir, device=_cell_device(args, slurm),
                     backbone=args.backbone, weights=args.weights, jobs=args.jobs, launcher=args.launcher,
-                    slurm=slurm, threads=args.threads)
+                    slurm=slurm, threads=_cell_threads(args, _cell_device(args, slurm)))
     for what, why in result.skipped:
         print(f"skip {what}: {why}")
     if result.deviations:
@@ -323,13 +324,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _jobs(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        jobs = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of workers or 'auto', got {value!r}") from None
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"needs at least 1 worker, got {jobs}")
+    return jobs
+
+
+def _cell_threads(args, device: torch.device) -> int | None:
+    from bench.launch import default_cell_threads
+
+    if args.threads is not None or args.launcher != "inline":
+        return args.threads
+    return default_cell_threads(device)
+
+
 def _add_scale_out(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("scale-out")
-    g.add_argument("--jobs", type=int, default=1,
-                   help="local worker processes (one GPU each when several are visible; on CPU the cores are split)")
+    g.add_argument("--jobs", type=_jobs, default=None, metavar="N|auto",
+                   help="local worker processes (default auto: one per visible GPU, or on CPU one per core, at most "
+                        "8 and at most the cells to run)")
     g.add_argument("--threads", type=int,
-                   help="torch threads per cell (default: this machine's threads split among the --jobs workers; a "
-                        "SLURM task's cpus). CPU results are bit-identical across --jobs values at equal --threads")
+                   help="torch threads per cell (default on CPU: 1, so that a cell's metrics do not depend on --jobs "
+                        "or on the machine's core count; on a GPU the machine's threads split among the workers; a "
+                        "SLURM task's cpus)")
     g.add_argument("--launcher", default="inline", choices=("inline", "slurm", "local"),
                    help="inline: this machine (with --jobs); slurm: a SLURM job array through submitit, one cell per "
                         "task; local: submitit's local executor (tests)")

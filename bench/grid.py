@@ -88,12 +88,12 @@ def _sweep_orphans(path: Path) -> None:
 
 
 def run_grid(cells: list[Cell], budget: Budget, *, data_root: Path, results_dir: Path, cache_dir: Path,
-             device: torch.device, backbone: str = "small-cnn", weights=None, jobs: int = 1,
+             device: torch.device, backbone: str = "small-cnn", weights=None, jobs: int | None = 1,
              launcher: str = "inline", slurm=None, wait: bool = True, submission: dict | None = None,
              threads: int | None = None) -> GridReport:
-    """Run every unfinished cell: in this process (`jobs=1`), in `jobs` local worker processes,
-    or as a submitit job array (`launcher` "slurm" or "local", resources from `slurm`, a
-    `bench.launch.SlurmConfig`). Finished cells (same config hash) are skipped.
+    """Run every unfinished cell: in this process (`jobs=1`), in `jobs` local worker processes
+    (`None`: `bench.launch.auto_jobs`, one per core or GPU), or as a submitit job array
+    (`launcher` "slurm" or "local", resources from `slurm`, a `bench.launch.SlurmConfig`). Finished cells (same config hash) are skipped.
 
     `threads`: torch threads per cell (default: this process's threads split among the local
     workers; a cluster task's cpus). CPU float reductions depend on the thread count, so
@@ -102,7 +102,7 @@ def run_grid(cells: list[Cell], budget: Budget, *, data_root: Path, results_dir:
 
     if launcher not in launch.LAUNCHERS:
         raise ValueError(f"--launcher {launcher!r}: known launchers: {', '.join(launch.LAUNCHERS)}")
-    if jobs < 1:
+    if jobs is not None and jobs < 1:
         raise ValueError(f"--jobs {jobs}: needs at least 1")
     report = GridReport([], [], [], [])
     todo = []
@@ -115,6 +115,8 @@ def run_grid(cells: list[Cell], budget: Budget, *, data_root: Path, results_dir:
             todo.append(cell)
     if threads is not None and threads < 1:
         raise ValueError(f"--threads {threads}: needs at least 1")
+    if jobs is None:
+        jobs = launch.auto_jobs(torch.device(device), len(todo))
     if launcher == "inline" and jobs == 1:
         if threads:
             torch.set_num_threads(threads)

@@ -158,6 +158,34 @@ def worker_devices(device: torch.device, jobs: int) -> list[str]:
     return [str(device)]
 
 
+# `--jobs auto` on CPU: one single-threaded worker per core, at most this many (each worker holds
+# torch, a dataset and a model: ~1 GiB; past a few workers the stage-1 classifiers, trained
+# once each under a lock, are what the others wait for)
+MAX_AUTO_CPU_JOBS = 8
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def auto_jobs(device: torch.device, cells: int) -> int:
+    """`--jobs auto`: one worker per visible GPU (none when a GPU index is named); on CPU one per
+    core, up to MAX_AUTO_CPU_JOBS; never more than the cells to run."""
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if device.index is None else 1
+    else:
+        n = min(usable_cores(), MAX_AUTO_CPU_JOBS)
+    return max(1, min(n, cells))
+
+
+def default_cell_threads(device: torch.device) -> int | None:
+    """Torch threads per cell when `--threads` is not given, for cells on this machine: one on
+    CPU, so that a cell's metrics depend on its seed and configuration alone (CPU float
+    reductions depend on the thread count), whatever `--jobs` and the machine's core count;
+    None elsewhere (the machine's threads split among the workers)."""
+    return 1 if device.type == "cpu" else None
+
+
 def cpu_threads_per_worker(jobs: int) -> int:
     """This process's torch threads split among the workers (at least one each)."""
     return max(1, torch.get_num_threads() // jobs)

@@ -107,13 +107,17 @@ class SmallCNN(nn.Module):
         # decoders on this encoder (F-CAM & co.) scale the papers' widths, meant for 512-2048
         # channel encoders, down to the size of this one
         self.decoder_width_scale = 1 / 16
+        # channels-last: oneDNN's convolutions and max pooling run ~2x faster forward (~1.3x
+        # per training step) on CPU in this layout; the features come out channels-last and
+        # the layers after them (decoders) keep it
+        self.to(memory_format=torch.channels_last)
 
     @property
     def cam_layer(self) -> nn.Module:
         return self.body[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
+        return self.body(x.contiguous(memory_format=torch.channels_last))
 
 
 register_backbone("small-cnn")(SmallCNN)
