@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from bench.config import EmptyConfig
+from bench.config import EmptyConfig, PaperSchedule
 from bench.data.metadata import ImageRecord, MetadataError, read_split
 
 IGNORE = 255  # mask value of ignored pixels
@@ -37,6 +37,11 @@ class Dataset:
     num_classes: int = 0
     eval_size: int = 224  # score maps and ground truth are compared at eval_size x eval_size
     synthetic: bool = False  # generated on the spot (never "missing")
+    # The reference papers' training runs on this dataset, taken by the `paper` budget
+    # (`bench.config.resolve_budget`): the stage-1 CAM classifier's and a method's own training's
+    # (decoders). None: not published, the budget's generic settings.
+    paper_stage1: PaperSchedule | None = None
+    paper_method: PaperSchedule | None = None
     Config = EmptyConfig
 
     def __init__(self, cfg=None):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import bench
-from bench.config import Budget, config_hash, to_jsonable
+from bench.config import Budget, config_hash, resolve_budget, to_jsonable
 from bench.artifacts import SampleCollector, sample_indices, write_artifacts
 from bench.entries import RESULT_SCHEMA, file_sha256, write_entry
 from bench.io import atomic_torch_save, file_lock, results_lock
@@ -90,13 +90,16 @@ class RunContext:
         return build_classifier(self.backbone, self.num_classes, self.weights).to(self.device)
 
     def stage1_key(self) -> dict:
-        b = self.budget
-        return {"dataset": self.dataset.name, "dataset_config": to_jsonable(self.dataset.cfg),
-                "backbone": self.backbone, "weights": file_sha256(self.weights), "seed": self.seed,
-                "epochs": b.stage1_epochs, "batch_size": b.batch_size, "lr": b.lr, "wd": b.weight_decay,
-                "momentum": b.momentum, "max_train_images": b.max_train_images, "input_size": b.input_size,
-                "crop_from": b.crop_from,
-                "mixed_precision": b.mixed_precision}
+        b, run = self.budget, self.budget.stage1_schedule()
+        key = {"dataset": self.dataset.name, "dataset_config": to_jsonable(self.dataset.cfg),
+               "backbone": self.backbone, "weights": file_sha256(self.weights), "seed": self.seed,
+               "epochs": run.epochs, "batch_size": b.batch_size, "lr": run.lr, "wd": run.weight_decay,
+               "momentum": b.momentum, "max_train_images": b.max_train_images, "input_size": b.input_size,
+               "crop_from": b.crop_from,
+               "mixed_precision": b.mixed_precision}
+        if run.step_every is not None:  # cosine runs keep the keys (and caches) from before step decay
+            key["lr_step"] = [run.step_every, run.gamma]
+        return key
 
     def classifier(self) -> WSOLNet:
         """The shared stage-1 CAM classifier for this dataset x backbone x seed, trained once
@@ -116,7 +119,7 @@ class RunContext:
             start = time.perf_counter()
             seed_everything(self.seed)
             train(model, model.parameters(), self.splits.train, self.budget, self.device,
-                  self.budget.stage1_epochs, self.seed,
+                  self.budget.stage1_schedule(), self.seed,
                   desc=f"stage-1 {self.dataset.name}/{self.backbone}/seed{self.seed}")
             atomic_torch_save(path, {"state_dict": model.state_dict(), "key": key})
             self.timings["stage1_s"] = round(time.perf_counter() - start, 3)
@@ -175,6 +178,9 @@ def result_path(results_dir: Path, dataset: str, method: str, seed: int) -> Path
 
 
 def cell_config(method_cls, method_cfg, dataset, budget: Budget, seed: int, backbone: str, weights) -> dict:
+    """What a cell's result depends on (its hash resumes the grid); the budget as the cell trains
+    with it (`resolve_budget`: the `paper` budget with the dataset's published schedules)."""
+    budget = resolve_budget(budget, dataset, backbone)
     return {"method": method_cls.name, "method_config": to_jsonable(method_cfg), "dataset": dataset.name,
             "dataset_config": to_jsonable(dataset.cfg), "budget": to_jsonable(budget), "seed": seed,
             "backbone": backbone, "weights": file_sha256(weights)}
@@ -186,6 +192,7 @@ def run_cell(method_cls, method_cfg, dataset, budget: Budget, seed: int, *, data
     """Run one cell and write its sealed entry (and its small artifacts for the report)
     atomically; a failure is recorded, not raised. `submission` (from `bench submit`) is stored
     in the entry: whether it ran under the protocol and, if not, why."""
+    budget = resolve_budget(budget, dataset, backbone)
     config = cell_config(method_cls, method_cfg, dataset, budget, seed, backbone, weights)
     path = result_path(results_dir, dataset.name, method_cls.name, seed)
     record = {

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from bench.config import TrainSchedule
 from bench.dataset import collate
 
 log = logging.getLogger(__name__)
@@ -37,24 +38,31 @@ def classification_loss(model, images, labels):
     return F.cross_entropy(model(images).logits, labels)
 
 
-def train(model: torch.nn.Module, params, train_set, budget, device: torch.device, epochs: int, seed: int,
-          loss_fn: Callable = classification_loss, lr: float | None = None, desc: str = "train",
+def train(model: torch.nn.Module, params, train_set, budget, device: torch.device, schedule: TrainSchedule,
+          seed: int, loss_fn: Callable = classification_loss, desc: str = "train",
           on_epoch_end: Callable[[int, dict], None] | None = None, loader=None,
           batch_keys: tuple[str, ...] = ()) -> dict:
-    """SGD (Nesterov momentum, weight decay) with a cosine schedule over `epochs`.
+    """SGD with Nesterov momentum (the budget's) for `schedule.epochs` epochs at the schedule's
+    learning rate and weight decay: cosine annealing over the run's steps, or the papers' step
+    decay (lr x gamma at the start of every `step_every`-th epoch). Runs come from the budget:
+    `budget.stage1_schedule()`, `budget.method_schedule(lr)`.
     `loss_fn(model, images, labels, **extras)` returns a scalar or a dict of named terms
     (summed); `extras` are the batch entries named in `batch_keys` (e.g. the frame index or shot
     id of video frames), on the device. `loader` (re-iterable, with a length) replaces the
     default shuffled loader over `train_set` (e.g. batches of clips from a batch sampler).
     Returns the mean of each term over the last epoch."""
     params = [p for p in params if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=lr or budget.lr, momentum=budget.momentum, nesterov=True,
-                                weight_decay=budget.weight_decay)
+    optimizer = torch.optim.SGD(params, lr=schedule.lr, momentum=budget.momentum, nesterov=True,
+                                weight_decay=schedule.weight_decay)
     if loader is None:
         loader = make_loader(train_set, budget.batch_size, shuffle=True, seed=seed, num_workers=budget.num_workers,
                              drop_last=True, device=device)
+    epochs = schedule.epochs
     total = max(1, epochs * len(loader))
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    if schedule.step_every is None:  # stepped after every batch
+        per_batch, per_epoch = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total), None
+    else:  # stepped after every epoch
+        per_batch, per_epoch = None, torch.optim.lr_scheduler.StepLR(optimizer, schedule.step_every, schedule.gamma)
     model.train()
     terms: dict[str, float] = {}
     with tqdm(total=total, desc=desc, leave=False, unit="batch", dynamic_ncols=True) as bar:
@@ -71,7 +79,8 @@ def train(model: torch.nn.Module, params, train_set, budget, device: torch.devic
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                scheduler.step()
+                if per_batch is not None:
+                    per_batch.step()
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v.detach()  # stays on device: no sync per step
                 bar.update(1)
@@ -82,5 +91,7 @@ def train(model: torch.nn.Module, params, train_set, budget, device: torch.devic
             log.debug("%s epoch %d: %s", desc, epoch, terms)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, terms)
+            if per_epoch is not None:
+                per_epoch.step()
     model.eval()
     return terms

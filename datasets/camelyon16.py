@@ -21,3 +21,5 @@ class Camelyon16(FoldedMetadataDataset):
     mask_threshold = 0
     # PROTOCOL.md: train ~26.6k (per fold), valcl 6,642, valpx 10, test 15,664
     published_counts = {"train": (26550, 26649), "valcl": 6642, "valpx": 10, "test": 15664}
+    # `paper` budget: no published Camelyon16 schedule was found (sbelharbi/negev's README has
+    # GlaS commands only): the budget's generic settings.

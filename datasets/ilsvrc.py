@@ -23,3 +23,5 @@ class ILSVRC(MetadataDataset):
     eval_size = 224
     # PROTOCOL.md gives train as 1.28M; 1,281,167 is the ILSVRC 2012 training set size.
     published_counts = {"train": 1281167, "val": 10000, "test": 50000}
+    # `paper` budget: no published ILSVRC schedule was found (clovaai/wsolevaluation gives its
+    # per-backbone settings only in a linked spreadsheet): the budget's generic settings.

@@ -25,3 +25,5 @@ class YTOv22(VideoDataset):
     class_names = YTO_CLASSES
     # PROTOCOL.md §1: 1,289 train shots, 1,177 val frames, 1,781 test frames (2,667 boxes)
     published_counts = {"train": 1289, "val": 1177, "test": 1781}
+    # `paper` budget: no published YTOv2.2 schedule was found (sbelharbi/tcam-wsol-video's README
+    # has YTOv1 commands only): the budget's generic settings.

@@ -118,9 +118,9 @@ class PixelCAM(Method):
         def on_epoch_end(epoch, terms):
             log.info("pixelcam epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in terms.items()))
 
-        train(model, model.parameters(), train_set, ctx.budget, ctx.device, ctx.budget.method_epochs, ctx.seed,
-              loss_fn=self.training_loss, lr=ctx.budget.lr * self.cfg.lr_factor, desc="pixelcam",
-              on_epoch_end=on_epoch_end)
+        schedule = ctx.budget.method_schedule(lr=ctx.budget.lr * self.cfg.lr_factor)
+        train(model, model.parameters(), train_set, ctx.budget, ctx.device, schedule, ctx.seed,
+              loss_fn=self.training_loss, desc="pixelcam", on_epoch_end=on_epoch_end)
         model.eval()
 
     def localize(self, images, labels):

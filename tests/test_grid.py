@@ -1,4 +1,5 @@
 """Grid runner: resume after a kill, failures recorded, determinism, CLI errors."""
+import dataclasses
 import json
 import os
 import signal
@@ -31,7 +32,8 @@ class NaNLoss(Method):
 
     def fit(self, train_set, val, ctx):
         model = ctx.new_classifier()
-        train(model, model.parameters(), train_set, ctx.budget, ctx.device, 1, ctx.seed,
+        train(model, model.parameters(), train_set, ctx.budget, ctx.device,
+              dataclasses.replace(ctx.budget.stage1_schedule(), epochs=1), ctx.seed,
               loss_fn=lambda m, x, y: m(x).logits.sum() * float("nan"))
 
     def localize(self, images, labels):

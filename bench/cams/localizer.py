@@ -81,9 +81,9 @@ class LocalizerMethod(Method):
             log.info("%s epoch %d: %s", self.name, epoch, ", ".join(f"{k}={v:.4f}" for k, v in terms.items()))
             self.start_epoch(epoch + 1)
 
-        train(self.model, self.model.parameters(), train_set, ctx.budget, ctx.device, ctx.budget.method_epochs,
-              ctx.seed, loss_fn=loss_fn, lr=ctx.budget.lr * self.cfg.lr_factor, desc=f"{self.name} localizer",
-              on_epoch_end=on_epoch_end)
+        schedule = ctx.budget.method_schedule(lr=ctx.budget.lr * self.cfg.lr_factor)
+        train(self.model, self.model.parameters(), train_set, ctx.budget, ctx.device, schedule, ctx.seed,
+              loss_fn=loss_fn, desc=f"{self.name} localizer", on_epoch_end=on_epoch_end)
         self.model.eval()
 
     def localize(self, images, labels):

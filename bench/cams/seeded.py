@@ -59,7 +59,7 @@ class SeededDecoderConfig:
     crf_sigma_xy: float = 100.0
     crf_scale: float = 0.5  # down-scaling of image and maps for the CRF (1 = full resolution)
     size_weight: float = 1.0  # log-barrier size constraint (0 = off)
-    lr: float | None = None  # decoder learning rate (None: the budget's)
+    lr: float | None = None  # decoder learning rate (None: the budget's, `Budget.method_schedule`)
 
 
 class DecoderNet(nn.Module):
@@ -160,9 +160,10 @@ class SeededDecoder(Method):
                      ", ".join(f"{k} {v:.4g}" for k, v in terms.items()), self.t)
             self.t = schedule.t_at(epoch + 1)
 
-        train(self.net, self.net.decoder.parameters(), train_set, ctx.budget, ctx.device, ctx.budget.method_epochs,
-              ctx.seed, loss_fn=self.training_loss, lr=self.cfg.lr, desc=f"{self.name} decoder",
-              on_epoch_end=on_epoch_end, loader=self.train_loader(train_set, ctx), batch_keys=self.batch_keys)
+        train(self.net, self.net.decoder.parameters(), train_set, ctx.budget, ctx.device,
+              ctx.budget.method_schedule(lr=self.cfg.lr), ctx.seed, loss_fn=self.training_loss,
+              desc=f"{self.name} decoder", on_epoch_end=on_epoch_end, loader=self.train_loader(train_set, ctx),
+              batch_keys=self.batch_keys)
         self.net.eval()
 
     def localize(self, images, labels):

@@ -1,8 +1,8 @@
 """WSOL baselines that train their own classifier, then localize with a CAM.
 
 `TrainedCAM.fit` builds a fresh classifier (`ctx.new_classifier()`, plus whatever
-`build_model` adds), trains it with `bench.training.train` for `ctx.budget.stage1_epochs`
-(the budget of the shared stage-1 CAM classifier, so every baseline gets the same effort as
+`build_model` adds), trains it with `bench.training.train` on `ctx.budget.stage1_schedule()`
+(the run of the shared stage-1 CAM classifier, so every baseline gets the same effort as
 CAM itself) with `training_loss` as the loss, inside `training_context` (for methods that
 hook the model during training only), then `localize` reads `cams` with gradients off.
 
@@ -40,8 +40,8 @@ class TrainedCAM(Method):
     def fit(self, train_set, val, ctx) -> None:
         self.model = self.build_model(ctx).to(ctx.device)
         with self.training_context(self.model):
-            train(self.model, self.model.parameters(), train_set, ctx.budget, ctx.device, ctx.budget.stage1_epochs,
-                  ctx.seed, loss_fn=self.training_loss, desc=f"{self.name} classifier")
+            train(self.model, self.model.parameters(), train_set, ctx.budget, ctx.device,
+                  ctx.budget.stage1_schedule(), ctx.seed, loss_fn=self.training_loss, desc=f"{self.name} classifier")
         self.model.eval()
 
     def localize(self, images, labels):

@@ -47,8 +47,8 @@ def _harness_rate(model, train_set, budget, device, epochs: int) -> tuple[float,
         _sync(device)
         marks.append(time.perf_counter())
 
-    train(model, model.parameters(), train_set, budget, device, epochs, seed=0, on_epoch_end=on_epoch_end,
-          desc="harness")
+    run = dataclasses.replace(budget.stage1_schedule(), epochs=epochs)
+    train(model, model.parameters(), train_set, budget, device, run, seed=0, on_epoch_end=on_epoch_end, desc="harness")
     steps_per_epoch = len(train_set) // budget.batch_size
     images = (epochs - 1) * steps_per_epoch * budget.batch_size
     return images / (marks[-1] - marks[0]), images
