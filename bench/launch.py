@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import ctypes
 import dataclasses
 import json
 import logging
 import multiprocessing as mp
 import os
+import signal
+import sys
+import threading
+import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -125,7 +130,29 @@ def interleave(specs: list[CellSpec]) -> list[CellSpec]:
 _WORKER: dict = {}
 
 
-def _init_worker(slots, devices: list[str], threads: int) -> None:
+def _die_with_parent(parent: int) -> None:
+    """End this worker as soon as the grid's process dies. A parent killed outright (SIGKILL,
+    an out-of-memory kill) runs no clean-up, and its workers would otherwise go on taking
+    queued cells and writing their results behind the back of the run that resumes them."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the kernel kills us with the parent
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch():  # other systems (and a safety net): poll the parent
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _init_worker(slots, devices: list[str], threads: int, parent: int) -> None:
+    _die_with_parent(parent)
     slot = slots.get()
     _WORKER["device"] = devices[slot % len(devices)]
     torch.set_num_threads(threads)
@@ -201,7 +228,7 @@ def run_local_pool(specs: list[CellSpec], opts: RunOptions, jobs: int) -> list[d
     log.info("%d worker processes, devices %s, %d torch threads each", jobs, ",".join(devices), threads)
     summaries = []
     with _quiet_children(), cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
-                                                   initargs=(slots, devices, threads)) as pool:
+                                                   initargs=(slots, devices, threads, os.getpid())) as pool:
         futures = {pool.submit(_pool_task, s, opts): s for s in interleave(specs)}
         try:
             with tqdm(total=len(futures), desc=f"grid (--jobs {jobs})", unit="cell", dynamic_ncols=True) as bar:
