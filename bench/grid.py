@@ -93,7 +93,8 @@ def run_grid(cells: list[Cell], budget: Budget, *, data_root: Path, results_dir:
              threads: int | None = None) -> GridReport:
     """Run every unfinished cell: in this process (`jobs=1`), in `jobs` local worker processes
     (`None`: `bench.launch.auto_jobs`, one per core or GPU), or as a submitit job array
-    (`launcher` "slurm" or "local", resources from `slurm`, a `bench.launch.SlurmConfig`). Finished cells (same config hash) are skipped.
+    (`launcher` "slurm" or "local", resources from `slurm`, a `bench.launch.SlurmConfig`).
+    Finished cells (same config hash) are skipped.
 
     `threads`: torch threads per cell (default: this process's threads split among the local
     workers; a cluster task's cpus). CPU float reductions depend on the thread count, so

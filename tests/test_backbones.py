@@ -75,3 +75,21 @@ def test_build_classifier_with_weights_file(nets, tmp_path):
         out = model(torch.rand(1, 3, 32, 32))
     assert out.logits.shape == (1, 5) and out.features.shape == (1, 1024, 4, 4)
     assert model.cam(out.features, torch.tensor([2])).shape == (1, 4, 4)
+
+
+def test_small_cnn_runs_channels_last_and_computes_the_same_function():
+    """The CPU backbone keeps its weights and activations channels-last (the fast layout for
+    oneDNN); the features must equal those of the same weights run in the default layout, and
+    a state dict saved from one layout loads into the other."""
+    torch.manual_seed(0)
+    net = BACKBONES["small-cnn"]().eval()
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in net.parameters() if p.dim() == 4)
+    plain = BACKBONES["small-cnn"]().to(memory_format=torch.contiguous_format).eval()
+    plain.load_state_dict({k: v.contiguous() for k, v in net.state_dict().items()})
+    plain.forward = lambda x: plain.body(x)  # the layers without the layout change
+    images = torch.rand(3, 3, 40, 56)
+    with torch.no_grad():
+        fast, ref = net(images), plain(images)
+    assert fast.is_contiguous(memory_format=torch.channels_last)
+    assert fast.shape == (3, net.out_channels, 10, 14)
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)

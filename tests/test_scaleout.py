@@ -109,3 +109,35 @@ def test_slurm_launcher_writes_a_job_array_through_sbatch(shared_dirs, tmp_path,
                  "#SBATCH --constraint=a100", "#SBATCH --cpus-per-task=8"):
         assert line in script, line
     assert list((tmp_path / "lb" / "submitit").glob("*.pkl"))  # one pickled task per cell, read by the nodes
+
+
+def test_auto_jobs_one_worker_per_core_or_gpu_never_more_than_the_cells(monkeypatch):
+    import torch
+
+    from bench import launch
+
+    monkeypatch.setattr(launch, "usable_cores", lambda: 2)
+    assert launch.auto_jobs(torch.device("cpu"), cells=126) == 2
+    assert launch.auto_jobs(torch.device("cpu"), cells=1) == 1
+    assert launch.auto_jobs(torch.device("cpu"), cells=0) == 1
+    monkeypatch.setattr(launch, "usable_cores", lambda: 64)
+    assert launch.auto_jobs(torch.device("cpu"), cells=126) == launch.MAX_AUTO_CPU_JOBS
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert launch.auto_jobs(torch.device("cuda"), cells=126) == 4
+    assert launch.auto_jobs(torch.device("cuda"), cells=3) == 3
+    assert launch.auto_jobs(torch.device("cuda:1"), cells=126) == 1  # a named GPU: one worker on it
+    # CPU cells run on one thread unless told otherwise (metrics independent of --jobs and cores)
+    assert launch.default_cell_threads(torch.device("cpu")) == 1
+    assert launch.default_cell_threads(torch.device("cuda")) is None
+
+
+def test_cli_jobs_flag_takes_a_number_or_auto():
+    from bench.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["run", "--all"]).jobs is None  # auto
+    assert parser.parse_args(["run", "--all", "--jobs", "auto"]).jobs is None
+    assert parser.parse_args(["run", "--all", "--jobs", "3"]).jobs == 3
+    for bad in ("0", "two"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["run", "--all", "--jobs", bad])
