@@ -122,10 +122,11 @@ def cmd_submit(args) -> int:
     budget = get_budget(args.budget or PROTOCOL_BUDGET)
     seeds = [int(s) for s in _csv(args.seeds)] if args.seeds else list(DEFAULT_SEEDS)
     slurm = _slurm_config(args)
+    device = _cell_device(args, slurm)
     result = submit(args.file, budget=budget, seeds=seeds, overrides=parse_set_flags(args.set), data_root=args.data_root,
-                    results_dir=args.results, cache_dir=args.cache_dir, device=_cell_device(args, slurm),
+                    results_dir=args.results, cache_dir=args.cache_dir, device=device,
                     backbone=args.backbone, weights=args.weights, jobs=args.jobs, launcher=args.launcher,
-                    slurm=slurm, threads=_cell_threads(args, _cell_device(args, slurm)))
+                    slurm=slurm, threads=_cell_threads(args, device))
     for what, why in result.skipped:
         print(f"skip {what}: {why}")
     if result.deviations:
