@@ -1,4 +1,4 @@
-"""`python -m bench {list,run,submit,leaderboard,report,data,profile}`."""
+"""`python -m bench {list,run,sweep,submit,leaderboard,report,data,profile}`."""
 from __future__ import annotations
 
 import argparse
@@ -93,6 +93,62 @@ def cmd_run(args) -> int:
     for label in report.failed:
         print(f"FAILED {label} (see its JSON result for the error)")
     return 1 if report.failed else 0
+
+
+def cmd_sweep(args) -> int:
+    from bench.config import get_budget, parse_set_flags
+    from bench.grid import DEFAULT_SEEDS, build_cells, run_grid
+    from bench.registry import all_datasets, all_methods
+    from bench.sweep import parse_param, write_sweep
+
+    param = parse_param(args.param)
+    fixed = parse_set_flags(args.set)
+    if param.key in fixed.get(param.owner, {}):
+        raise ValueError(f"--set {param.owner}.{param.key} fixes the setting this sweep varies")
+    owner_cls = all_methods().get(param.owner) or all_datasets()[param.owner]
+    default = getattr(owner_cls.Config(), param.key)
+    methods = _csv(args.methods) or ([param.owner] if param.owner in all_methods() else None)
+    datasets = _csv(args.datasets) or ([param.owner] if param.owner in all_datasets() else None)
+    budget = get_budget(args.budget)
+    seeds = [int(s) for s in _csv(args.seeds)] if args.seeds else list(DEFAULT_SEEDS)
+    slurm = _slurm_config(args)
+    device = _cell_device(args, slurm)
+    threads = _cell_threads(args, device)
+    out = args.out or REPO_ROOT / "leaderboard" / "sweeps" / f"{param.owner}.{param.key}"
+    failed = 0
+    for value in param.values:  # one grid per value, each in its own result folder
+        overrides = {owner: dict(kv) for owner, kv in fixed.items()}
+        overrides.setdefault(param.owner, {})[param.key] = value
+        cells, skipped = build_cells(methods, datasets, seeds, budget, args.data_root, overrides)
+        for what, why in skipped if value == param.values[0] else ():  # the same for every value
+            print(f"skip {what}: {why}")
+        print(f"{param.key}={value}: {len(cells)} cells, budget {budget.name}, device {device}, seeds {seeds}")
+        report = run_grid(cells, budget, data_root=args.data_root, results_dir=out / param.folder(value),
+                          cache_dir=args.cache_dir, device=device, backbone=args.backbone, weights=args.weights,
+                          jobs=args.jobs, launcher=args.launcher, slurm=slurm, wait=args.wait, threads=threads)
+        print(f"{param.key}={value}: ran {len(report.ran)}, resumed {len(report.resumed)}, failed {len(report.failed)}")
+        for label in report.failed:
+            print(f"FAILED {param.key}={value} {label} (see its JSON result for the error)")
+        failed += len(report.failed)
+    readme, rows = write_sweep(param, out, budget, seeds, default, str(device), _sweep_command(args))
+    for row in rows:
+        if row.chosen:
+            print(f"{row.method} on {row.dataset}: {param.key}={row.value} chosen on validation "
+                  f"({row.val[0]:.1f} ± {row.val[1]:.1f})")
+    print(f"tables in {readme}")
+    return 1 if failed else 0
+
+
+def _sweep_command(args) -> str:
+    """The command that regenerates a sweep's tables (its settings, not where files went)."""
+    parts = ["python -m bench sweep", args.param]
+    for flag in ("methods", "datasets", "seeds", "backbone"):
+        if getattr(args, flag) and not (flag == "backbone" and args.backbone == "small-cnn"):
+            parts.append(f"--{flag} {getattr(args, flag)}")
+    if args.budget != "quick":
+        parts.append(f"--budget {args.budget}")
+    parts += [f"--set {flag}" for flag in args.set]
+    return " ".join(parts)
 
 
 def _cell_device(args, slurm) -> torch.device:
@@ -264,6 +320,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a method or dataset setting, e.g. --set synth-objects.image_size=64")
     _add_scale_out(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sweep", help="one method or dataset setting over several values, chosen on the validation "
+                                     "split (one result folder per value)")
+    p.add_argument("param", metavar="OWNER.KEY=V1,V2,...", help="the setting and its values, e.g. "
+                                                                "colocam.joint_weight=0,0.01,0.1,1")
+    p.add_argument("--methods", help="comma-separated method names (default: the owner, when it is a method)")
+    p.add_argument("--datasets", help="comma-separated dataset names (default: the owner, when it is a dataset; "
+                                      "else every available dataset the methods run on)")
+    p.add_argument("--seeds", help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--budget", default="quick", help="smoke | quick | paper (default quick)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when visible, else cpu)")
+    p.add_argument("--backbone", default="small-cnn")
+    p.add_argument("--weights", help="local backbone weights file (torchvision state-dict layout)")
+    p.add_argument("--data-root", type=Path, default=_default_data_root())
+    p.add_argument("--cache-dir", type=Path, default=_default_cache_dir(), help="stage-1 classifier cache")
+    p.add_argument("--set", action="append", default=[], metavar="OWNER.KEY=VALUE",
+                   help="other settings, fixed for every value")
+    p.add_argument("--out", type=Path, help="sweep folder (default leaderboard/sweeps/OWNER.KEY): one result folder "
+                                            "per value and README.md, the tables")
+    _add_scale_out(p)
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("submit", help="run one new method file under the protocol, validate and table its entries")
     p.add_argument("file", type=Path, help="the method's plugin file, e.g. methods/mine.py (one registered method)")

@@ -5,7 +5,8 @@ An entry is written once by the runner (`write_entry`): its `checksum` is the SH
 entry's canonical JSON without the checksum itself, so any hand edit of a metric, a config or
 a timing shows. Its `config_hash` must be the hash of its `config`, and its
 `code_version.method_file_sha256` the hash of the method's file as it is now (a method changed
-after its entries were written needs them rerun).
+after its entries were written needs them rerun). `val_metrics`, the same metrics on the
+validation split, are what `bench sweep` selects settings by.
 """
 from __future__ import annotations
 
@@ -114,6 +115,10 @@ def check_record(record: dict, path: Path, results_dir: Path, method_hashes: dic
         for name, value in metrics.items():
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                 reasons.append(f"metric {name!r} is {value!r}, not a finite number")
+        val = record.get("val_metrics")  # optional: entries written before validation metrics were kept lack it
+        if val is not None and not (isinstance(val, dict) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in val.values())):
+            reasons.append("val_metrics is not a mapping of metric names to numbers")
     elif record["status"] != "failed":
         reasons.append(f"status {record['status']!r} is neither 'ok' nor 'failed'")
     artifacts = record.get("artifacts")

@@ -77,7 +77,7 @@ def load_reported(path: Path = REPORTED_CSV) -> list[Reported]:
     return out
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
     mean = sum(values) / len(values)
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
     return mean, std
@@ -97,7 +97,7 @@ def summarize(records: list[dict]) -> dict[str, list[dict]]:
         for metric in sorted({k for r in rs for k in r["metrics"]}):
             values = [r["metrics"][metric] for r in rs if isinstance(r["metrics"].get(metric), (int, float))]
             if values:
-                row[metric] = _mean_std(values)
+                row[metric] = mean_std(values)
         row["fit_s"] = sum(r["timings"].get("fit_s", 0) for r in rs) / len(rs)
         tables[dataset].append(row)
     for dataset, rows in tables.items():
@@ -105,7 +105,7 @@ def summarize(records: list[dict]) -> dict[str, list[dict]]:
     return dict(sorted(tables.items()))
 
 
-def _fmt(pair) -> str:
+def fmt_mean_std(pair) -> str:
     return "" if pair is None else f"{pair[0]:.1f} ± {pair[1]:.1f}"
 
 
@@ -122,7 +122,7 @@ def _reported_table(reported: list[Reported], rows: list[dict] | None) -> str:
     body = []
     for r in sorted(reported, key=lambda r: (r.metric, r.method, r.backbone)):
         here = ours.get(r.method, {}).get(r.metric)
-        here_text = f"{_fmt(here)} ({ours[r.method]['backbone']})" if here else "-"
+        here_text = f"{fmt_mean_std(here)} ({ours[r.method]['backbone']})" if here else "-"
         body.append([f"{r.method} (reported)", r.metric, r.backbone, f"{r.value:.1f}", here_text, r.paper])
     return tabulate(body, headers=["method", "metric", "backbone", "reported", "here", "paper"], tablefmt="github",
                     disable_numparse=True)
@@ -153,7 +153,7 @@ def render_markdown(records: list[dict], reported: list[Reported] | None = None)
                    if m.startswith(SUBSET_PREFIX) and m not in SHOWN]
         present += list(dict.fromkeys(subsets))  # in the evaluator's order
         metrics = [primary] + [m for m in present if m != primary]
-        body = [[rank, _label(row), *(_fmt(row.get(m)) for m in metrics), len(row["seeds"]), f"{row['fit_s']:.1f}"]
+        body = [[rank, _label(row), *(fmt_mean_std(row.get(m)) for m in metrics), len(row["seeds"]), f"{row['fit_s']:.1f}"]
                 for rank, row in enumerate(rows, start=1)]
         lines += [f"## {dataset}", "", f"Ranked by {primary} (%).", "",
                   tabulate(body, headers=["#", "method", *metrics, "seeds", "fit s"], tablefmt="github", disable_numparse=True), ""]

@@ -20,7 +20,7 @@ import numpy as np
 
 from bench.artifacts import curves_of, load_npz
 from bench.io import atomic_write_text, results_lock
-from bench.leaderboard import REPORTED_CSV, SHOWN, load_reported, load_results, summarize
+from bench.leaderboard import REPORTED_CSV, SHOWN, fmt_mean_std, load_reported, load_results, summarize
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -56,10 +56,6 @@ def _save(fig, path: Path) -> None:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
-
-
-def _fmt(pair) -> str:
-    return "" if pair is None else f"{pair[0]:.1f} ± {pair[1]:.1f}"
 
 
 def _artifacts(records: list[dict]) -> dict[str, dict[str, list[tuple[dict, Path]]]]:
@@ -210,7 +206,7 @@ def _table(dataset: str, rows: list[dict], reported: list) -> str:
     for rank, row in enumerate(rows, start=1):
         label = row["method"] + (f" (off-protocol: {'; '.join(row['off_protocol'])})" if row.get("off_protocol") else "")
         body.append(f"<tr><td>{rank}</td><td class='name'>{html.escape(label)}</td>"
-                    + "".join(f"<td>{_fmt(row.get(m))}</td>" for m in metrics)
+                    + "".join(f"<td>{fmt_mean_std(row.get(m))}</td>" for m in metrics)
                     + f"<td>{len(row['seeds'])}</td><td>{html.escape(row['budget'])}</td></tr>")
     for r in reported:
         cols = "".join(f"<td>{r.value:.1f}</td>" if m == r.metric else "<td></td>" for m in metrics)

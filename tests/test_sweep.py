@@ -1,0 +1,113 @@
+"""`bench sweep`: one setting over values, chosen on validation metrics; validation metrics in
+entries; the grid reruns a cell whose method file changed."""
+import json
+
+import pytest
+import torch
+
+from bench.cli import main
+from bench.grid import Cell, run_grid
+from bench.method import Localization, Method
+from bench.sweep import SweepParam, parse_param, summarize_sweep
+from tests.conftest import SMALL_DATASETS
+from tests.harness import SMOKE, run_small_cell, small_dataset
+
+
+def test_parse_param_reads_owner_key_and_values():
+    assert parse_param("colocam.joint_weight=0, 0.01,1") == SweepParam("colocam", "joint_weight", ("0", "0.01", "1"))
+    assert parse_param("synth-objects.image_size=32,64").owner == "synth-objects"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("colocam.joint_weight", "expected OWNER.KEY=V1,V2"),
+    ("nosuch.x=1,2", "'nosuch' is neither a method nor a dataset"),
+    ("colocam.nosuch=1,2", "colocam has no setting 'nosuch'"),
+    ("colocam.joint_weight=1", "at least two values"),
+    ("colocam.joint_weight=1,1", "repeated"),
+    ("colocam.joint_weight=1,a/b", "cannot name a folder"),
+])
+def test_parse_param_errors_name_the_problem(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_param(text)
+
+
+def _entry(folder, value, seed, val, test, with_val=True):
+    path = folder / f"k={value}" / "ds" / "m" / f"seed{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"dataset": "ds", "method": "m", "seed": seed, "status": "ok", "primary_metric": "PxAP",
+              "metrics": {"PxAP": test}, "timings": {}}
+    if with_val:
+        record["val_metrics"] = {"PxAP": val}
+    path.write_text(json.dumps(record))
+
+
+def test_the_best_validation_mean_is_chosen_never_the_test(tmp_path):
+    param = SweepParam("m", "k", ("a", "b", "c", "d"))
+    for seed in (0, 1):
+        _entry(tmp_path, "a", seed, val=50, test=90)  # best on test, not on validation
+        _entry(tmp_path, "b", seed, val=60 + seed, test=10)
+        _entry(tmp_path, "c", seed, val=60 + seed, test=20)  # ties with b: the value listed first wins
+        _entry(tmp_path, "d", seed, val=99, test=99, with_val=seed == 0)  # a seed without validation metrics
+    rows = {r.value: r for r in summarize_sweep(param, tmp_path, [0, 1])}
+    assert [v for v, r in rows.items() if r.chosen] == ["b"]
+    assert rows["b"].val == pytest.approx((60.5, 0.5 ** 0.5))
+    assert rows["a"].test["PxAP"] == (90, 0)
+    assert rows["d"].val is None
+    # a missing seed also rules a value out
+    rows = {r.value: r for r in summarize_sweep(param, tmp_path, [0, 1, 2])}
+    assert not any(r.chosen for r in rows.values())
+
+
+def test_entries_carry_validation_metrics(shared_dirs, tmp_path):
+    for dataset, primary in (("synth-objects", "MaxBoxAccV2"), ("synth-tissue", "PxAP")):
+        record = run_small_cell("center", dataset, 0, shared_dirs, tmp_path)
+        assert record["status"] == "ok"
+        assert primary in record["val_metrics"] and primary in record["metrics"]
+    assert main(["leaderboard", "--check", "--results", str(tmp_path)]) == 0
+
+
+def test_sweep_command_runs_each_value_and_chooses_on_validation(shared_dirs, tmp_path, capsys):
+    sets = [x for k, v in SMALL_DATASETS["synth-objects"].items() for x in ("--set", f"synth-objects.{k}={v}")]
+    args = ["sweep", "random.grid=2,7", "--datasets", "synth-objects", "--seeds", "0,1", "--budget", "smoke",
+            "--data-root", str(shared_dirs["data"]), "--cache-dir", str(shared_dirs["cache"]), "--out",
+            str(tmp_path), "--jobs", "1", *sets]
+    assert main(args) == 0
+    entries = {v: [json.loads((tmp_path / f"grid={v}" / "synth-objects" / "random" / f"seed{s}.json").read_text())
+                   for s in (0, 1)] for v in ("2", "7")}
+    assert {e["config"]["method_config"]["grid"] for e in entries["2"]} == {2}
+    val = {v: sum(e["val_metrics"]["MaxBoxAccV2"] for e in es) / 2 for v, es in entries.items()}
+    best = max(val, key=val.get) if val["2"] != val["7"] else "2"
+    table = (tmp_path / "README.md").read_text()
+    assert f"Chosen: **{best}**." in table and f"| **{best}** " in table
+    assert "default now: 7" in table and "budget: smoke; seeds: 0, 1" in table
+    assert f"random on synth-objects: grid={best} chosen on validation" in capsys.readouterr().out
+    assert main(args) == 0  # a rerun resumes every cell
+    assert capsys.readouterr().out.count("ran 0, resumed 2, failed 0") == 2
+    assert main(["sweep", "random.grid=2,7", "--set", "random.grid=3", "--budget", "smoke"]) == 2
+    assert "fixes the setting this sweep varies" in capsys.readouterr().err
+
+
+class Constant(Method):
+    name = "constant-test"
+
+    def localize(self, images, labels):
+        return Localization(images.mean(1))
+
+
+def test_a_cell_whose_method_file_changed_is_rerun(shared_dirs, tmp_path, monkeypatch):
+    source = tmp_path / "constant.py"
+    source.write_text("# version 1\n")
+    monkeypatch.setattr(Constant, "source_file", str(source), raising=False)
+    ds = small_dataset("synth-objects")
+    ds.prepare(shared_dirs["data"])
+    cells = [Cell(Constant, Constant.Config(), ds, 0)]
+
+    def grid():
+        return run_grid(cells, SMOKE, data_root=shared_dirs["data"], results_dir=tmp_path / "r",
+                        cache_dir=shared_dirs["cache"], device=torch.device("cpu"))
+
+    assert len(grid().ran) == 1
+    assert len(grid().resumed) == 1
+    source.write_text("# version 2\n")
+    assert len(grid().ran) == 1, "an entry written by an older method file is not finished"
+    assert len(grid().resumed) == 1
