@@ -48,13 +48,24 @@ class PostHocCAM(Method):
 
     needs = ("cam-classifier",)
     requires_grad = False  # gradient-based CAMs set this
+    # On CUDA the frozen classifier's layers below its CAM layer run in bfloat16 (tensor cores;
+    # the many forwards of Smooth-GradCAM++ and ScoreCAM dominate their cost); from the CAM
+    # layer on, everything is float32 (`bench.cams.autocast_trunk`). None: float32 throughout.
+    # CPU always runs float32, so CPU results do not depend on this.
+    cuda_trunk_dtype: torch.dtype | None = torch.bfloat16
 
     def fit(self, train, val, ctx) -> None:
         self.model = ctx.classifier()
         self.model.eval()
+        if self.cuda_trunk_dtype is not None and next(self.model.parameters()).device.type == "cuda":
+            # NHWC weights: the layout in which bfloat16 convolutions run on the tensor cores
+            self.model.to(memory_format=torch.channels_last)
 
     def localize(self, images, labels):
-        with torch.set_grad_enabled(self.requires_grad):
+        from bench.cams.gradients import autocast_trunk
+
+        dtype = self.cuda_trunk_dtype if images.device.type == "cuda" else None
+        with torch.set_grad_enabled(self.requires_grad), autocast_trunk(self.model, images.device.type, dtype):
             cams, logits = self.cams(self.model, images, labels)
         return Localization(cams.detach(), logits.detach())
 

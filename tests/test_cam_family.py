@@ -186,3 +186,85 @@ def test_smoothgradcampp_without_noise_is_gradcampp():
     smooth = fitted("smoothgradcampp", model, cfg).localize(images, labels).cams
     plain = fitted("gradcampp", model).localize(images, labels).cams
     torch.testing.assert_close(smooth, plain, rtol=1e-9, atol=1e-14)
+
+
+def test_gradients_record_only_the_head_and_keep_the_grad_mode():
+    """activations_and_grads records autograd from the CAM layer on (the trunk cannot change a
+    gradient with respect to its output), and leaves the caller's grad mode as it found it."""
+    from bench.cams import activations_and_grads
+
+    model = small_model()
+    images, labels = inputs(b=2, size=16)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        for mode in (True, False):
+            with torch.set_grad_enabled(mode):
+                acts, grads, _ = activations_and_grads(model, images, labels)
+                assert torch.is_grad_enabled() is mode
+    # the head (spatial mean, linear, gather) saves a handful of tensors; the trunk's convolutions,
+    # batch norms and ReLUs would save dozens
+    assert 0 < len(saved) <= 8, saved
+    # and the gradient is the same as with the whole network recorded
+    with torch.enable_grad():
+        full_acts = {}
+        handle = model.cam_layer.register_forward_hook(lambda m, i, o: full_acts.setdefault("a", o))
+        try:
+            logits = model(images).logits
+        finally:
+            handle.remove()
+        (full,) = torch.autograd.grad(logits.gather(1, labels.view(-1, 1)).sum(), full_acts["a"])
+    torch.testing.assert_close(grads, full, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", ("cam", "gradcam", "gradcampp", "scorecam"))
+def test_bfloat16_trunk_keeps_maps_float32_and_close(name):
+    """`autocast_trunk` (what PostHocCAM.localize uses on CUDA), exercised on CPU: the layers below
+    the CAM layer run in bfloat16, everything from the CAM layer on in float32; the maps stay
+    close to the float32 ones and no hook or autocast state is left behind."""
+    from bench.cams import autocast_trunk
+
+    model = small_model().float()
+    images, labels = inputs(b=4, size=32)
+    images = images.float()
+    m = fitted(name, model)
+    with torch.set_grad_enabled(m.requires_grad):
+        exact, exact_logits = m.cams(model, images, labels)
+        with autocast_trunk(model, "cpu", torch.bfloat16):
+            fast, fast_logits = m.cams(model, images, labels)
+    assert not torch.is_autocast_enabled("cpu")
+    no_hooks(model)
+    assert fast.dtype == fast_logits.dtype == torch.float32
+    assert not torch.equal(fast, exact), "the trunk did not run in bfloat16"
+    for a, b in zip(fast, exact):
+        r = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]
+        assert r > 0.99, (name, float(r))
+    torch.testing.assert_close(fast_logits, exact_logits, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ("gradcam", "smoothgradcampp", "scorecam"))
+def test_cuda_default_bfloat16_trunk_matches_float32(name):
+    """On CUDA, PostHocCAM.localize runs the trunk in bfloat16 (channels-last weights) by default;
+    its maps match the float32 ones closely and come out float32."""
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = build_classifier("resnet50", num_classes=5).to(device).eval()
+    images = torch.rand(4, 3, 128, 128, device=device)
+    labels = torch.tensor([0, 1, 2, 3], device=device)
+    cfg = None
+    if name == "smoothgradcampp":
+        cfg = method_cls(name).Config(n_samples=4)
+    if name == "scorecam":
+        cfg = method_cls(name).Config(mask_batch=256)
+    fast = fitted(name, model, cfg)
+    exact = fitted(name, model, cfg)
+    exact.cuda_trunk_dtype = None
+    torch.manual_seed(1)
+    a = fast.localize(images, labels)
+    torch.manual_seed(1)
+    b = exact.localize(images, labels)
+    assert a.cams.dtype == a.logits.dtype == torch.float32
+    no_hooks(model)
+    for x, y in zip(a.cams, b.cams):
+        r = torch.corrcoef(torch.stack([x.flatten(), y.flatten()]))[0, 1]
+        assert r > 0.98, (name, float(r))

@@ -3,7 +3,8 @@
 Backbone independent: the layer is `model.cam_layer`, never a name. One forward hook reads
 its output (removed on exit, also on error); the gradients come from `torch.autograd.grad`
 on that tensor, so no backward hook is ever registered and parameters' `.grad` stay untouched.
-Everything stays batched on the model's device.
+Autograd records only from the CAM layer on: the layers below it cannot change a gradient
+with respect to its output. Everything stays batched on the model's device.
 """
 from __future__ import annotations
 
@@ -13,16 +14,20 @@ import torch
 
 
 @contextlib.contextmanager
-def capture_activations(model):
+def capture_activations(model, grad_from_here: bool = False):
     """Yield a dict whose "activations" entry is the output of `model.cam_layer` in the
-    forward passes run inside the block (the last one wins)."""
+    forward passes run inside the block (the last one wins). `grad_from_here`: the block runs
+    without autograd and the hook turns it on at the CAM layer, whose output becomes a leaf,
+    so only the head is recorded (the caller restores the grad mode: `torch.no_grad()`)."""
     store: dict[str, torch.Tensor] = {}
 
     def hook(module, inputs, output):
         if not isinstance(output, torch.Tensor):
             raise TypeError(f"cam_layer {type(module).__name__} returned {type(output).__name__}, expected a tensor")
+        if grad_from_here:
+            torch.set_grad_enabled(True)
         if torch.is_grad_enabled() and not output.requires_grad:
-            # frozen layers: make the output a leaf of the graph so the gradients still exist
+            # frozen layers (or no autograd below): make the output a leaf of the graph so the gradients exist
             output = output.detach().requires_grad_(True)
             store["activations"] = output
             return output
@@ -47,14 +52,41 @@ def activations_and_grads(model, images: torch.Tensor, labels: torch.Tensor):
     The scores of the batch are summed before differentiating: with the model in eval mode
     every image's score depends on its own activations only, so each image gets its own
     gradient in one backward pass."""
-    with torch.enable_grad():
-        with capture_activations(model) as store:
+    with torch.no_grad():  # exits to the caller's grad mode, whatever the hook set
+        with capture_activations(model, grad_from_here=True) as store:
             logits = model(images).logits
         if "activations" not in store:
             raise RuntimeError("model.cam_layer was not called in the forward pass")
         acts = store["activations"]
         (grads,) = torch.autograd.grad(class_scores(logits, labels).sum(), acts)
     return acts.detach(), grads.detach(), logits.detach()
+
+
+@contextlib.contextmanager
+def autocast_trunk(model, device_type: str, dtype: torch.dtype | None):
+    """Inside the block, every forward pass of `model` runs the layers up to `model.cam_layer`
+    under autocast to `dtype` (bfloat16: tensor cores on a GPU), and the CAM layer's output is
+    cast back to float32 with autocast off from there on: activations, gradients, head, logits
+    and maps stay float32. `dtype=None`: nothing changes. Both hooks are removed on exit."""
+    if dtype is None:
+        yield
+        return
+
+    def trunk(module, args):  # each forward (a method may run several in one block) starts in `dtype`
+        torch.set_autocast_enabled(device_type, True)
+
+    def head(module, inputs, output):
+        torch.set_autocast_enabled(device_type, False)
+        return output.float()
+
+    with torch.autocast(device_type, dtype=dtype):  # restores the caller's autocast state on exit
+        handles = [model.register_forward_pre_hook(trunk),
+                   model.cam_layer.register_forward_hook(head, prepend=True)]  # before capture_activations' hook
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 def weighted_sum(weights: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:

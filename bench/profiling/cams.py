@@ -49,8 +49,18 @@ def profile_cams(device: torch.device, size: str) -> list[ProfileTable]:
         affordable = int(TIME_BUDGET_S * 1e3 / max(probe_ms / batch * runs, 1e-9))
         n_timed = max(batch, min(n_images, affordable // batch * batch))
         ms = time_fn(run_on(n_timed), device, **reps)
-        rows.append({"method": name, "ms per image": round(ms / n_timed, 3), "images timed": n_timed,
-                     "total ms": round(ms, 1)})
+        row = {"method": name, "ms per image": round(ms / n_timed, 3), "images timed": n_timed,
+               "total ms": round(ms, 1)}
+        if device.type == "cuda" and method.cuda_trunk_dtype is not None:
+            # the same images in float32 throughout, side by side in this run
+            method.cuda_trunk_dtype = None
+            ms32 = time_fn(run_on(n_timed), device, **reps)
+            row.update({"ms per image (float32)": round(ms32 / n_timed, 3), "float32 / default": round(ms32 / ms, 2)})
+        rows.append(row)
     note = (f"{backbone}, {n_images} images of {side}x{side}, batches of {batch}, random weights, "
             f"{NUM_CLASSES} classes; median of {reps['repeat']} runs after {reps['warmup']} warm-up")
-    return [ProfileTable(f"Post-hoc CAMs on {device.type}", rows, [note])]
+    notes = [note]
+    if device.type == "cuda":
+        notes.append(f"default: the trunk below the CAM layer in {PostHocCAM.cuda_trunk_dtype} "
+                     "(PostHocCAM.cuda_trunk_dtype), the CAM layer's output and everything after it in float32")
+    return [ProfileTable(f"Post-hoc CAMs on {device.type}", rows, notes)]
