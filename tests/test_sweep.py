@@ -111,3 +111,27 @@ def test_a_cell_whose_method_file_changed_is_rerun(shared_dirs, tmp_path, monkey
     source.write_text("# version 2\n")
     assert len(grid().ran) == 1, "an entry written by an older method file is not finished"
     assert len(grid().resumed) == 1
+
+
+def test_committed_sweeps_are_valid_and_chose_the_current_default():
+    """Each sweep under leaderboard/sweeps/ is a default's evidence: its entries pass the
+    leaderboard checks (so they were written by the method file as it is now) and the value
+    it chooses on validation is the setting's default."""
+    from bench.config import apply_overrides
+    from bench.entries import check_entries
+    from bench.grid import DEFAULT_SEEDS
+    from bench.registry import REPO_ROOT, all_datasets, all_methods
+
+    sweeps = sorted(p for p in (REPO_ROOT / "leaderboard" / "sweeps").glob("*") if p.is_dir())
+    assert sweeps, "no committed sweep"
+    for folder in sweeps:
+        listed = next(line for line in (folder / "README.md").read_text().splitlines() if line.startswith("- values: "))
+        values = listed.removeprefix("- values: ").split(" (default")[0]
+        param = parse_param(f"{folder.name}={values.replace(' ', '')}")
+        assert {p.name for p in folder.iterdir() if p.is_dir()} == {param.folder(v) for v in param.values}
+        for value in param.values:
+            assert not check_entries(folder / param.folder(value)), (folder, value)
+        (chosen,) = [r.value for r in summarize_sweep(param, folder, list(DEFAULT_SEEDS)) if r.chosen]
+        owner = all_methods().get(param.owner) or all_datasets()[param.owner]
+        as_typed = getattr(apply_overrides(owner.Config(), {param.key: chosen}, param.owner), param.key)
+        assert getattr(owner.Config(), param.key) == as_typed, f"{folder.name}: chose {chosen}"
