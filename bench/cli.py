@@ -125,7 +125,8 @@ def cmd_sweep(args) -> int:
         print(f"{param.key}={value}: {len(cells)} cells, budget {budget.name}, device {device}, seeds {seeds}")
         report = run_grid(cells, budget, data_root=args.data_root, results_dir=out / param.folder(value),
                           cache_dir=args.cache_dir, device=device, backbone=args.backbone, weights=args.weights,
-                          jobs=args.jobs, launcher=args.launcher, slurm=slurm, wait=args.wait, threads=threads)
+                          jobs=args.jobs, launcher=args.launcher, slurm=slurm, wait=args.wait, threads=threads,
+                          task_tables=False)  # the folder above a value's results holds the sweep's table
         print(f"{param.key}={value}: ran {len(report.ran)}, resumed {len(report.resumed)}, failed {len(report.failed)}")
         for label in report.failed:
             print(f"FAILED {param.key}={value} {label} (see its JSON result for the error)")

@@ -96,7 +96,7 @@ def _sweep_orphans(path: Path) -> None:
 def run_grid(cells: list[Cell], budget: Budget, *, data_root: Path, results_dir: Path, cache_dir: Path,
              device: torch.device, backbone: str = "small-cnn", weights=None, jobs: int | None = 1,
              launcher: str = "inline", slurm=None, wait: bool = True, submission: dict | None = None,
-             threads: int | None = None) -> GridReport:
+             threads: int | None = None, task_tables: bool = True) -> GridReport:
     """Run every unfinished cell: in this process (`jobs=1`), in `jobs` local worker processes
     (`None`: `bench.launch.auto_jobs`, one per core or GPU), or as a submitit job array
     (`launcher` "slurm" or "local", resources from `slurm`, a `bench.launch.SlurmConfig`).
@@ -104,7 +104,10 @@ def run_grid(cells: list[Cell], budget: Budget, *, data_root: Path, results_dir:
 
     `threads`: torch threads per cell (default: this process's threads split among the local
     workers; a cluster task's cpus). CPU float reductions depend on the thread count, so
-    results are bit-identical across `jobs` values at equal `threads`."""
+    results are bit-identical across `jobs` values at equal `threads`.
+
+    `task_tables`: a cluster task regenerates the leaderboard tables beside `results_dir`
+    after its cell (False where the caller writes its own tables there: `bench sweep`)."""
     from bench import launch
 
     if launcher not in launch.LAUNCHERS:
@@ -145,8 +148,9 @@ def run_grid(cells: list[Cell], budget: Budget, *, data_root: Path, results_dir:
     if launcher == "inline":
         summaries = launch.run_local_pool(specs, dataclasses.replace(opts, threads=threads), jobs)
     else:
-        summaries = launch.run_submitit(specs, dataclasses.replace(opts, threads=threads),
-                                        "slurm" if launcher == "slurm" else "local", slurm or launch.SlurmConfig(), wait)
+        task_opts = dataclasses.replace(opts, threads=threads, write_tables=task_tables)
+        summaries = launch.run_submitit(specs, task_opts, "slurm" if launcher == "slurm" else "local",
+                                        slurm or launch.SlurmConfig(), wait)
     order = {s.label: i for i, s in enumerate(specs)}
     for summary in sorted(summaries, key=lambda s: order[s["label"]]):
         {"ok": report.ran, "submitted": report.submitted}.get(summary["status"], report.failed).append(summary["label"])

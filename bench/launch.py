@@ -321,7 +321,7 @@ def run_submitit(specs: list[CellSpec], opts: RunOptions, cluster: str, cfg: Slu
     if cfg.additional:
         params["slurm_additional_parameters"] = dict(cfg.additional)
     executor.update_parameters(**params)
-    task_opts = dataclasses.replace(opts, threads=opts.threads or cfg.cpus_per_task, write_tables=True)
+    task_opts = dataclasses.replace(opts, threads=opts.threads or cfg.cpus_per_task)
     jobs = executor.map_array(execute, specs, [task_opts] * len(specs))
     log.info("submitted %d tasks (%s); logs in %s", len(jobs), jobs[0].job_id if jobs else "-", folder)
     if not wait:

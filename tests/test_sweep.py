@@ -135,3 +135,17 @@ def test_committed_sweeps_are_valid_and_chose_the_current_default():
         owner = all_methods().get(param.owner) or all_datasets()[param.owner]
         as_typed = getattr(apply_overrides(owner.Config(), {param.key: chosen}, param.owner), param.key)
         assert getattr(owner.Config(), param.key) == as_typed, f"{folder.name}: chose {chosen}"
+
+
+def test_sweep_tasks_on_a_cluster_leave_the_sweep_table_alone(shared_dirs, tmp_path):
+    """Cluster tasks regenerate the leaderboard tables beside their result folder; in a sweep that
+    folder holds the sweep's table, so its tasks write none (submitit's local executor)."""
+    pytest.importorskip("submitit", reason="submitit is not installed (pip install -e '.[slurm]')")
+    sets = [x for k, v in SMALL_DATASETS["synth-objects"].items() for x in ("--set", f"synth-objects.{k}={v}")]
+    args = ["sweep", "random.grid=2,7", "--datasets", "synth-objects", "--seeds", "0", "--budget", "smoke",
+            "--data-root", str(shared_dirs["data"]), "--cache-dir", str(shared_dirs["cache"]), "--out",
+            str(tmp_path / "sweep"), "--launcher", "local", "--cpus-per-task", "1", "--time-min", "10", *sets]
+    assert main(args) == 0
+    table = (tmp_path / "sweep" / "README.md").read_text()
+    assert table.startswith("# Sweep of random.grid") and "Chosen: **" in table
+    assert not (tmp_path / "sweep" / "results.csv").exists(), "a task wrote leaderboard tables into the sweep"
