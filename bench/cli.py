@@ -105,8 +105,6 @@ def cmd_sweep(args) -> int:
     fixed = parse_set_flags(args.set)
     if param.key in fixed.get(param.owner, {}):
         raise ValueError(f"--set {param.owner}.{param.key} fixes the setting this sweep varies")
-    owner_cls = all_methods().get(param.owner) or all_datasets()[param.owner]
-    default = getattr(owner_cls.Config(), param.key)
     methods = _csv(args.methods) or ([param.owner] if param.owner in all_methods() else None)
     datasets = _csv(args.datasets) or ([param.owner] if param.owner in all_datasets() else None)
     budget = get_budget(args.budget)
@@ -131,7 +129,7 @@ def cmd_sweep(args) -> int:
         for label in report.failed:
             print(f"FAILED {param.key}={value} {label} (see its JSON result for the error)")
         failed += len(report.failed)
-    readme, rows = write_sweep(param, out, budget, seeds, default, str(device), _sweep_command(args))
+    readme, rows = write_sweep(param, out, budget, seeds, param.default(), str(device), _sweep_command(args))
     for row in rows:
         if row.chosen:
             print(f"{row.method} on {row.dataset}: {param.key}={row.value} chosen on validation "

@@ -196,15 +196,25 @@ def apply_overrides(cfg, overrides: dict[str, str], owner: str):
     return replace(cfg, **changes)
 
 
+def split_setting(text: str) -> tuple[str, str, str] | None:
+    """`fcam.crf_weight=1e-9` -> ("fcam", "crf_weight", "1e-9"); None when it is not OWNER.KEY=VALUE
+    (the owner, a method or dataset name, may itself hold dots: the key follows the last one)."""
+    key, sep, value = text.partition("=")
+    owner, dot, name = key.rpartition(".")
+    if not sep or not dot or not owner or not name:
+        return None
+    return owner, name, value
+
+
 def parse_set_flags(flags: list[str]) -> dict[str, dict[str, str]]:
     """`--set fcam.crf_weight=1e-9 --set synth-objects.image_size=64` →
     {"fcam": {"crf_weight": "1e-9"}, "synth-objects": {"image_size": "64"}}."""
     out: dict[str, dict[str, str]] = {}
     for flag in flags or []:
-        key, sep, value = flag.partition("=")
-        owner, dot, name = key.rpartition(".")
-        if not sep or not dot or not owner or not name:
+        parts = split_setting(flag)
+        if parts is None:
             raise ValueError(f"--set {flag!r}: expected OWNER.KEY=VALUE (e.g. cam.cam_layer=features)")
+        owner, name, value = parts
         out.setdefault(owner, {})[name] = value
     return out
 
@@ -215,5 +225,5 @@ class EmptyConfig:
 
 
 __all__ = ["Budget", "BUDGETS", "PAPER_BUDGET", "TrainSchedule", "PaperSchedule", "resolve_budget", "added_later",
-           "get_budget", "config_hash", "apply_overrides", "parse_set_flags",
+           "get_budget", "config_hash", "apply_overrides", "split_setting", "parse_set_flags",
            "EmptyConfig", "to_jsonable", "field"]

@@ -58,6 +58,12 @@ def file_sha256(path) -> str | None:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def method_file_sha256(method_cls) -> str | None:
+    """The hash of the plugin file that defines `method_cls` (None without one): what an entry
+    records as `code_version.method_file_sha256`."""
+    return file_sha256(getattr(method_cls, "source_file", None))
+
+
 @dataclass(frozen=True)
 class Problem:
     path: str
@@ -70,7 +76,7 @@ class Problem:
 def _method_file_hashes() -> dict[str, str | None]:
     from bench.registry import all_methods
 
-    return {name: file_sha256(getattr(cls, "source_file", None)) for name, cls in all_methods().items()}
+    return {name: method_file_sha256(cls) for name, cls in all_methods().items()}
 
 
 def check_record(record: dict, path: Path, results_dir: Path, method_hashes: dict[str, str | None]) -> list[str]:

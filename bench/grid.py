@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.config import Budget, apply_overrides, config_hash
-from bench.entries import RESULT_SCHEMA, entry_checksum, file_sha256
+from bench.entries import RESULT_SCHEMA, entry_checksum, method_file_sha256
 from bench.registry import all_datasets, all_methods, get_dataset, get_method
 from bench.runner import cell_config, result_path, run_cell
 
@@ -69,11 +69,11 @@ def build_cells(methods: list[str] | None, datasets: list[str] | None, seeds, bu
     return cells, skipped
 
 
-def is_finished(path: Path, expected_hash: str, method_sha256: str | None = None) -> bool:
+def is_finished(path: Path, expected_hash: str, method_sha256: str | None) -> bool:
     """A finished cell: a sealed entry of the current schema, intact (checksum), with the
-    expected config hash and written by the method file as it is now (`method_sha256`; not
-    compared when None). Older, edited or stale entries are rerun, as `leaderboard --check`
-    would reject them."""
+    expected config hash and written by the method file as it is now (`method_sha256`, from
+    `bench.entries.method_file_sha256`). Older, edited or stale entries are rerun, as
+    `leaderboard --check` would reject them."""
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -83,7 +83,7 @@ def is_finished(path: Path, expected_hash: str, method_sha256: str | None = None
     written_by = (record.get("code_version") or {}).get("method_file_sha256")
     return (record.get("status") == "ok" and record.get("config_hash") == expected_hash
             and record.get("schema") == RESULT_SCHEMA and record.get("checksum") == entry_checksum(record)
-            and (method_sha256 is None or written_by == method_sha256))
+            and written_by == method_sha256)
 
 
 def _sweep_orphans(path: Path) -> None:
@@ -119,7 +119,7 @@ def run_grid(cells: list[Cell], budget: Budget, *, data_root: Path, results_dir:
     for cell in cells:
         cfg = cell_config(cell.method_cls, cell.method_cfg, cell.dataset, budget, cell.seed, backbone, weights)
         path = result_path(results_dir, cell.dataset.name, cell.method_cls.name, cell.seed)
-        if is_finished(path, config_hash(cfg), file_sha256(getattr(cell.method_cls, "source_file", None))):
+        if is_finished(path, config_hash(cfg), method_file_sha256(cell.method_cls)):
             report.resumed.append(path)
         else:
             todo.append(cell)

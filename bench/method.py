@@ -62,7 +62,7 @@ class PostHocCAM(Method):
             self.model.to(memory_format=torch.channels_last)
 
     def localize(self, images, labels):
-        from bench.cams.gradients import autocast_trunk
+        from bench.cams.gradients import autocast_trunk  # here: bench.cams imports this module
 
         dtype = self.cuda_trunk_dtype if images.device.type == "cuda" else None
         with torch.set_grad_enabled(self.requires_grad), autocast_trunk(self.model, images.device.type, dtype):

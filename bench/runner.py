@@ -19,7 +19,7 @@ import torch
 import bench
 from bench.config import Budget, config_hash, resolve_budget, to_jsonable
 from bench.artifacts import SampleCollector, sample_indices, write_artifacts
-from bench.entries import RESULT_SCHEMA, file_sha256, write_entry
+from bench.entries import RESULT_SCHEMA, file_sha256, method_file_sha256, write_entry
 from bench.io import atomic_torch_save, file_lock, results_lock
 from bench.metrics import BoxEvaluator, CorLocEvaluator, MaskEvaluator, Top1Cls, normalize_scoremaps
 from bench.models import WSOLNet, build_classifier
@@ -200,7 +200,7 @@ def run_cell(method_cls, method_cfg, dataset, budget: Budget, seed: int, *, data
         "budget": budget.name, "backbone": backbone, "task": dataset.task,
         "primary_metric": dataset.primary_metric, "config": config, "config_hash": config_hash(config),
         "code_version": {"wsolbench": bench.__version__, "git": git_version(Path(__file__).parent.parent),
-                         "method_file_sha256": file_sha256(getattr(method_cls, "source_file", None))},
+                         "method_file_sha256": method_file_sha256(method_cls)},
         "torch": torch.__version__, "device": device_name(device), "extension": bench.EXTENSION_FLAVOUR,
     }
     if submission is not None:
