@@ -153,3 +153,5 @@ def test_video_step_profile_small():
     assert [r["step"].split(" ")[0] for r in table.rows] == ["CAM", "CoLo-CAM", "CoLo-CAM"]
     assert all(r["ms"] > 0 for r in table.rows)
     assert table.rows[1]["ratio"] == pytest.approx(table.rows[1]["ms"] / table.rows[0]["ms"], rel=0.01)
+    assert all(r["GFLOP"] > 0 for r in table.rows)
+    assert table.rows[1]["GFLOP"] == table.rows[2]["GFLOP"]  # the joint CRF adds no convolution or matmul

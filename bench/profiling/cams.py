@@ -14,7 +14,7 @@ import torch
 
 from bench.method import PostHocCAM
 from bench.models import build_classifier
-from bench.profiling import ProfileTable, register_profile, time_fn
+from bench.profiling import ProfileTable, count_gflop, register_profile, time_fn
 from bench.registry import all_methods
 
 SIZES = {"full": ("resnet50", 256, 224, 64), "small": ("small-cnn", 8, 64, 8)}
@@ -49,8 +49,10 @@ def profile_cams(device: torch.device, size: str) -> list[ProfileTable]:
         affordable = int(TIME_BUDGET_S * 1e3 / max(probe_ms / batch * runs, 1e-9))
         n_timed = max(batch, min(n_images, affordable // batch * batch))
         ms = time_fn(run_on(n_timed), device, **reps)
+        gflop = count_gflop(lambda: method.localize(images[:1], labels[:1]))  # one image
         row = {"method": name, "ms per image": round(ms / n_timed, 3), "images timed": n_timed,
-               "total ms": round(ms, 1)}
+               "total ms": round(ms, 1), "GFLOP per image": round(gflop, 3),
+               "TFLOP/s": round(gflop / (ms / n_timed), 3)}
         if device.type == "cuda" and method.cuda_trunk_dtype is not None:
             # the same images in float32 throughout, side by side in this run
             method.cuda_trunk_dtype = None
@@ -59,7 +61,8 @@ def profile_cams(device: torch.device, size: str) -> list[ProfileTable]:
         rows.append(row)
     note = (f"{backbone}, {n_images} images of {side}x{side}, batches of {batch}, random weights, "
             f"{NUM_CLASSES} classes; median of {reps['repeat']} runs after {reps['warmup']} warm-up")
-    notes = [note]
+    notes = [note, "GFLOP: convolutions and matrix products of one image (torch.utils.flop_counter); "
+                   "TFLOP/s = GFLOP per image / ms per image. The issue's 2 ms per image needs GFLOP / 2 TFLOP/s"]
     if device.type == "cuda":
         notes.append(f"default: the trunk below the CAM layer in {PostHocCAM.cuda_trunk_dtype} "
                      "(PostHocCAM.cuda_trunk_dtype), the CAM layer's output and everything after it in float32")

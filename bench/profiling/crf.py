@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from bench.losses.crf import crf_features, crf_loss, multiframe_color_crf_loss
 from bench.ops.lattice_filter import lattice_filter_op
-from bench.profiling import ProfileTable, register_profile, time_fn
+from bench.profiling import ProfileTable, register_profile, time_breakdown, time_fn
 
 SIZES = {"small": 64, "mid": 256, "full": 512}
 
@@ -131,6 +131,12 @@ def profile_crf(device: torch.device, size: str = "small") -> list[ProfileTable]
              "ms": round(time_fn(joint, device), 3)},
         ]
         tables.append(ProfileTable("CRF losses on CUDA", rows, []))
+        tables.append(ProfileTable(f"Where crf_loss fwd+bwd {B}x3x{H}x{H} K=2 spends its time (CUDA)",
+                                   time_breakdown(fwd_bwd, device),
+                                   ["torch.profiler over 5 runs after 1 warm-up; device time of each kernel, memset "
+                                    "and copy per run (the top 12); share of the device time of all of them"]))
+        tables.append(ProfileTable(f"Where the joint colour CRF fwd+bwd {S} shots x {n} frames spends its time (CUDA)",
+                                   time_breakdown(joint, device), ["as above"]))
     return tables
 
 

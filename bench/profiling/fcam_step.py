@@ -14,7 +14,7 @@ import torch
 
 from bench.cams.seeded import DecoderNet
 from bench.models import build_classifier
-from bench.profiling import ProfileTable, register_profile, time_fn
+from bench.profiling import ProfileTable, count_gflop, register_profile, time_fn
 from bench.profiling.crf import natural_like_images
 from bench.registry import get_method
 from bench.training import autocast
@@ -57,10 +57,14 @@ def profile_fcam_step(device: torch.device, size: str) -> list[ProfileTable]:
         method.generator = torch.Generator(device=device).manual_seed(0)
         method.t = 1.0
         net = DecoderNet(classifier, method.cfg.decoder_widths, side).to(device).train()
-        ms = time_fn(_step_fn(method, net, images, labels, device, amp), device, warmup=3, repeat=repeat)
+        step = _step_fn(method, net, images, labels, device, amp)
+        ms = time_fn(step, device, warmup=3, repeat=repeat)
+        gflop = count_gflop(step)
         net.tap.remove()
         base = ms if base is None else base
-        rows.append({"step": label, "ms": round(ms, 2), "ratio to CRF off": round(ms / base, 3)})
+        rows.append({"step": label, "ms": round(ms, 2), "ratio to CRF off": round(ms / base, 3),
+                     "GFLOP": round(gflop, 1)})
     note = (f"{backbone} (random weights, frozen), batch {batch} of {side}x{side} photo-like images, decoder "
-            f"{cls.Config().decoder_widths}, autocast {'bf16' if amp else 'off'}; median of {repeat} steps")
+            f"{cls.Config().decoder_widths}, autocast {'bf16' if amp else 'off'}; median of {repeat} steps; GFLOP: "
+            f"convolutions and matrix products of one step (torch.utils.flop_counter), without the CRF op's")
     return [ProfileTable(f"F-CAM training step on {device.type}", rows, [note])]

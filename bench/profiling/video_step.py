@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from bench.cams.seeded import DecoderNet
 from bench.models import build_classifier
-from bench.profiling import ProfileTable, register_profile, time_fn
+from bench.profiling import ProfileTable, count_gflop, register_profile, time_fn
 from bench.profiling.crf import natural_like_images
 from bench.registry import get_method
 from bench.training import autocast
@@ -80,18 +80,23 @@ def profile_video_step(device: torch.device, size: str) -> list[ProfileTable]:
     cam_step = _step(lambda: F.cross_entropy(classifier(images).logits, labels), _sgd(classifier.parameters()),
                      device, mixed)
     cam_ms = time_fn(cam_step, device, warmup=warmup, repeat=repeat)
+    cam_gflop = count_gflop(cam_step)
 
-    rows = [{"step": f"CAM (classifier training, {batch} frames)", "ms": round(cam_ms, 2), "ratio": 1.0}]
+    rows = [{"step": f"CAM (classifier training, {batch} frames)", "ms": round(cam_ms, 2), "ratio": 1.0,
+             "GFLOP": round(cam_gflop, 1), "GFLOP ratio": 1.0}]
     for joint in (True, False):
         frozen = build_classifier(backbone, classes).to(device)
         method, net = _colocam(frozen, side, n, device, joint)
         step = _step(lambda: method.training_loss(net, images, labels, shot=shot), _sgd(net.decoder.parameters()),
                      device, mixed)
         ms = time_fn(step, device, warmup=warmup, repeat=repeat)
+        gflop = count_gflop(step)
         what = f"CoLo-CAM ({batch // n} clips of {n} frames)" if joint else "CoLo-CAM without the joint CRF"
-        rows.append({"step": what, "ms": round(ms, 2), "ratio": round(ms / cam_ms, 3)})
+        rows.append({"step": what, "ms": round(ms, 2), "ratio": round(ms / cam_ms, 3), "GFLOP": round(gflop, 1),
+                     "GFLOP ratio": round(gflop / cam_gflop, 3)})
         del method, net, frozen
     note = (f"{backbone}, random weights, {batch} frames of {side}x{side} (photo-like random frames), {classes} "
             f"classes, autocast {'bf16' if mixed else 'off'}; median of {repeat} steps after {warmup} warm-up "
-            f"steps; ratio = step / CAM step (issue 8 asks CoLo-CAM <= 1.5 on an H100)")
+            f"steps; ratio = step / CAM step (issue 8 asks CoLo-CAM <= 1.5 on an H100); GFLOP: convolutions and "
+            f"matrix products of one step (torch.utils.flop_counter), without the CRF ops'")
     return [ProfileTable(f"Video training step on {device.type}", rows, [note])]
