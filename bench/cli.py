@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import logging
 import os
@@ -112,30 +113,38 @@ def cmd_sweep(args) -> int:
     slurm = _slurm_config(args)
     device = _cell_device(args, slurm)
     threads = _cell_threads(args, device)
-    out = args.out or REPO_ROOT / "leaderboard" / "sweeps" / f"{param.owner}.{param.key}"
-    failed = 0
-    for value in param.values:  # one grid per value, each in its own result folder
+    out = Path(args.out or REPO_ROOT / "leaderboard" / "sweeps" / f"{param.owner}.{param.key}")
+    if slurm is not None and not slurm.log_dir:
+        slurm = dataclasses.replace(slurm, log_dir=str(out / "submitit"))
+    cells = []
+    for value in param.values:  # every value's cells in one grid (one pool, one job array), each in its own folder
         overrides = {owner: dict(kv) for owner, kv in fixed.items()}
         overrides.setdefault(param.owner, {})[param.key] = value
-        cells, skipped = build_cells(methods, datasets, seeds, budget, args.data_root, overrides)
+        value_cells, skipped = build_cells(methods, datasets, seeds, budget, args.data_root, overrides)
         for what, why in skipped if value == param.values[0] else ():  # the same for every value
             print(f"skip {what}: {why}")
-        print(f"{param.key}={value}: {len(cells)} cells, budget {budget.name}, device {device}, seeds {seeds}")
-        report = run_grid(cells, budget, data_root=args.data_root, results_dir=out / param.folder(value),
-                          cache_dir=args.cache_dir, device=device, backbone=args.backbone, weights=args.weights,
-                          jobs=args.jobs, launcher=args.launcher, slurm=slurm, wait=args.wait, threads=threads,
-                          task_tables=False)  # the folder above a value's results holds the sweep's table
-        print(f"{param.key}={value}: ran {len(report.ran)}, resumed {len(report.resumed)}, failed {len(report.failed)}")
-        for label in report.failed:
-            print(f"FAILED {param.key}={value} {label} (see its JSON result for the error)")
-        failed += len(report.failed)
+        cells += [dataclasses.replace(cell, results_dir=out / param.folder(value)) for cell in value_cells]
+    print(f"{len(cells)} cells ({len(param.values)} values of {param.key}), budget {budget.name}, device {device}, "
+          f"seeds {seeds}")
+    report = run_grid(cells, budget, data_root=args.data_root, results_dir=out, cache_dir=args.cache_dir,
+                      device=device, backbone=args.backbone, weights=args.weights, jobs=args.jobs,
+                      launcher=args.launcher, slurm=slurm, wait=args.wait, threads=threads,
+                      task_tables=False)  # the folder above the values' results holds the sweep's table
+    for value in param.values:
+        folder = param.folder(value)
+        ran, failed = ([label for label in labels if label.startswith(f"{folder}/")]
+                       for labels in (report.ran, report.failed))
+        resumed = [p for p in report.resumed if Path(p).is_relative_to(out / folder)]
+        print(f"{param.key}={value}: ran {len(ran)}, resumed {len(resumed)}, failed {len(failed)}")
+    for label in report.failed:
+        print(f"FAILED {label} (see its JSON result for the error)")
     readme, rows = write_sweep(param, out, budget, seeds, param.default(), str(device), _sweep_command(args))
     for row in rows:
         if row.chosen:
             print(f"{row.method} on {row.dataset}: {param.key}={row.value} chosen on validation "
                   f"({row.val[0]:.1f} ± {row.val[1]:.1f})")
     print(f"tables in {readme}")
-    return 1 if failed else 0
+    return 1 if report.failed else 0
 
 
 def _sweep_command(args) -> str:

@@ -27,6 +27,20 @@ class Cell:
     dataset: object
     seed: int
     overrides: dict = field(default_factory=dict)  # the --set flags of this method and dataset
+    results_dir: Path | None = None  # this cell's own result folder (None: the grid's); `bench sweep`: the value's
+
+    def results_in(self, grid_results_dir: Path) -> Path:
+        """The folder this cell's result goes to in a grid writing to `grid_results_dir`."""
+        return Path(self.results_dir) if self.results_dir is not None else Path(grid_results_dir)
+
+    def result_file(self, grid_results_dir: Path) -> Path:
+        return result_path(self.results_in(grid_results_dir), self.dataset.name, self.method_cls.name, self.seed)
+
+    @property
+    def label(self) -> str:
+        from bench.launch import cell_label
+
+        return cell_label(self.dataset.name, self.method_cls.name, self.seed, self.results_dir)
 
 
 @dataclass
@@ -118,7 +132,7 @@ def run_grid(cells: list[Cell], budget: Budget, *, data_root: Path, results_dir:
     todo = []
     for cell in cells:
         cfg = cell_config(cell.method_cls, cell.method_cfg, cell.dataset, budget, cell.seed, backbone, weights)
-        path = result_path(results_dir, cell.dataset.name, cell.method_cls.name, cell.seed)
+        path = cell.result_file(results_dir)
         if is_finished(path, config_hash(cfg), method_file_sha256(cell.method_cls)):
             report.resumed.append(path)
         else:
@@ -140,7 +154,7 @@ def run_grid(cells: list[Cell], budget: Budget, *, data_root: Path, results_dir:
             cell.dataset.prepare(data_root)
             prepared.add(cell.dataset.name)
     for cell in todo:
-        _sweep_orphans(result_path(results_dir, cell.dataset.name, cell.method_cls.name, cell.seed))
+        _sweep_orphans(cell.result_file(results_dir))
     opts = launch.options(budget, data_root=data_root, results_dir=results_dir, cache_dir=cache_dir, device=device,
                           backbone=backbone, weights=weights, submission=submission)
     if not specs:
@@ -162,14 +176,14 @@ def _run_inline(todo: list[Cell], report: GridReport, budget: Budget, *, data_ro
     prepared = set()
     with tqdm(total=len(todo), desc="grid", unit="cell", dynamic_ncols=True) as bar:
         for cell in todo:
-            label = f"{cell.dataset.name}/{cell.method_cls.name}/seed{cell.seed}"
+            label = cell.label
             bar.set_postfix_str(label)
             if cell.dataset.name not in prepared:
                 cell.dataset.prepare(data_root)
                 prepared.add(cell.dataset.name)
-            _sweep_orphans(result_path(results_dir, cell.dataset.name, cell.method_cls.name, cell.seed))
+            _sweep_orphans(cell.result_file(results_dir))
             record = run_cell(cell.method_cls, cell.method_cfg, cell.dataset, budget, cell.seed, data_root=data_root,
-                              results_dir=results_dir, cache_dir=cache_dir, device=device, backbone=backbone,
-                              weights=weights, submission=submission)
+                              results_dir=cell.results_in(results_dir), cache_dir=cache_dir, device=device,
+                              backbone=backbone, weights=weights, submission=submission)
             (report.ran if record["status"] == "ok" else report.failed).append(label)
             bar.update(1)

@@ -42,10 +42,18 @@ class CellSpec:
     dataset: str
     seed: int
     overrides: dict  # {"<method>": {key: value}, "<dataset>": {key: value}}: the --set flags for this cell
+    results_dir: str | None = None  # this cell's own result folder (None: the grid's, RunOptions.results_dir)
 
     @property
     def label(self) -> str:
-        return f"{self.dataset}/{self.method}/seed{self.seed}"
+        return cell_label(self.dataset, self.method, self.seed, self.results_dir)
+
+
+def cell_label(dataset: str, method: str, seed: int, results_dir=None) -> str:
+    """"<dataset>/<method>/seed<k>", prefixed by the name of the cell's own result folder if it
+    has one (a sweep's value: "joint_weight=0.03/synth-video/colocam/seed0")."""
+    label = f"{dataset}/{method}/seed{seed}"
+    return f"{Path(results_dir).name}/{label}" if results_dir is not None else label
 
 
 @dataclass(frozen=True)
@@ -69,7 +77,9 @@ def spec_of(cell) -> CellSpec:
     """The plain-data form of a `bench.grid.Cell`; only registered plugins can be rebuilt."""
     from bench.registry import all_datasets, all_methods
 
-    spec = CellSpec(cell.method_cls.name, cell.dataset.name, cell.seed, dict(getattr(cell, "overrides", {}) or {}))
+    own_dir = getattr(cell, "results_dir", None)
+    spec = CellSpec(cell.method_cls.name, cell.dataset.name, cell.seed, dict(getattr(cell, "overrides", {}) or {}),
+                    None if own_dir is None else str(own_dir))
     if all_methods().get(spec.method) is not cell.method_cls:
         raise ValueError(f"cell {spec.label}: method class {cell.method_cls.__qualname__} is not the registered "
                          f"{spec.method!r}; worker processes rebuild cells from the registry (put it in a plugin file)")
@@ -102,13 +112,14 @@ def execute(spec: CellSpec, opts: RunOptions, device: str | None = None) -> dict
     from bench.runner import run_cell
 
     method_cls, method_cfg, dataset = rebuild(spec)
+    results_dir = Path(spec.results_dir) if spec.results_dir is not None else opts.results_dir
     record = run_cell(method_cls, method_cfg, dataset, opts.budget, spec.seed, data_root=opts.data_root,
-                      results_dir=opts.results_dir, cache_dir=opts.cache_dir, device=torch.device(device or opts.device),
+                      results_dir=results_dir, cache_dir=opts.cache_dir, device=torch.device(device or opts.device),
                       backbone=opts.backbone, weights=opts.weights, submission=opts.submission)
     if opts.write_tables:
         from bench.leaderboard import write_leaderboard
 
-        write_leaderboard(opts.results_dir, Path(opts.results_dir).parent)
+        write_leaderboard(results_dir, results_dir.parent)
     return {"label": spec.label, "status": record["status"], "error": record.get("error")}
 
 

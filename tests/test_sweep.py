@@ -72,6 +72,8 @@ def test_sweep_command_runs_each_value_and_chooses_on_validation(shared_dirs, tm
             "--data-root", str(shared_dirs["data"]), "--cache-dir", str(shared_dirs["cache"]), "--out",
             str(tmp_path), "--jobs", "1", *sets]
     assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "4 cells (2 values of grid)" in printed
     entries = {v: [json.loads((tmp_path / f"grid={v}" / "synth-objects" / "random" / f"seed{s}.json").read_text())
                    for s in (0, 1)] for v in ("2", "7")}
     assert {e["config"]["method_config"]["grid"] for e in entries["2"]} == {2}
@@ -80,7 +82,7 @@ def test_sweep_command_runs_each_value_and_chooses_on_validation(shared_dirs, tm
     table = (tmp_path / "README.md").read_text()
     assert f"Chosen: **{best}**." in table and f"| **{best}** " in table
     assert "default now: 7" in table and "budget: smoke; seeds: 0, 1" in table
-    assert f"random on synth-objects: grid={best} chosen on validation" in capsys.readouterr().out
+    assert f"random on synth-objects: grid={best} chosen on validation" in printed
     assert main(args) == 0  # a rerun resumes every cell
     assert capsys.readouterr().out.count("ran 0, resumed 2, failed 0") == 2
     assert main(["sweep", "random.grid=2,7", "--set", "random.grid=3", "--budget", "smoke"]) == 2
@@ -113,6 +115,29 @@ def test_a_cell_whose_method_file_changed_is_rerun(shared_dirs, tmp_path, monkey
     assert len(grid().resumed) == 1
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_cells_with_their_own_result_folders_run_in_one_grid(shared_dirs, tmp_path, jobs):
+    """`bench sweep` hands every value's cells to one grid (one pool, one job array): the same
+    dataset, method and seed twice, each cell writing to its own folder, inline and in workers."""
+    import dataclasses
+
+    from tests.harness import tiny_cells
+
+    (cell,) = tiny_cells(["random"], ["synth-objects"], [0], shared_dirs["data"])
+    cells = [dataclasses.replace(cell, results_dir=tmp_path / f"v={v}") for v in (1, 2)]
+
+    def grid():
+        return run_grid(cells, SMOKE, data_root=shared_dirs["data"], results_dir=tmp_path / "unused",
+                        cache_dir=shared_dirs["cache"], device=torch.device("cpu"), jobs=jobs)
+
+    report = grid()
+    assert sorted(report.ran) == ["v=1/synth-objects/random/seed0", "v=2/synth-objects/random/seed0"]
+    for v in (1, 2):
+        assert json.loads((tmp_path / f"v={v}" / "synth-objects" / "random" / "seed0.json").read_text())["status"] == "ok"
+    assert not (tmp_path / "unused").exists()
+    assert len(grid().resumed) == 2
+
+
 def test_committed_sweeps_are_valid_and_chose_the_current_default():
     """Each sweep under leaderboard/sweeps/ is a default's evidence: its entries pass the
     leaderboard checks (so they were written by the method file as it is now) and the value
@@ -132,6 +157,22 @@ def test_committed_sweeps_are_valid_and_chose_the_current_default():
             assert not check_entries(folder / param.folder(value)), (folder, value)
         (chosen,) = [r.value for r in summarize_sweep(param, folder, list(DEFAULT_SEEDS)) if r.chosen]
         assert param.default() == param.typed(chosen), f"{folder.name}: chose {chosen}"
+
+
+def test_committed_diagnostics_are_valid():
+    """A diagnostic under leaderboard/diagnostics/ is a sweep kept as evidence, not as a default's
+    choice: its entries must still pass the leaderboard checks (written by the method file as it is
+    now), so a changed method file makes it fail until the diagnostic is rerun."""
+    from bench.entries import check_entries
+    from bench.registry import REPO_ROOT
+
+    folders = sorted(p for p in (REPO_ROOT / "leaderboard" / "diagnostics").glob("*") if p.is_dir())
+    for folder in folders:
+        values = [p for p in folder.iterdir() if p.is_dir()]
+        assert values, folder
+        for value in values:
+            assert list(value.rglob("seed*.json")), (folder, value.name)
+            assert not check_entries(value), (folder, value.name)
 
 
 def test_sweep_tasks_on_a_cluster_leave_the_sweep_table_alone(shared_dirs, tmp_path):
