@@ -24,6 +24,34 @@ def test_decoder_output_matches_the_input_for_every_backbone(backbone, side):
     assert any(p.grad is not None for p in net.decoder.parameters())
 
 
+def _stage_shapes(net, side):
+    shapes = []
+    handles = [stage.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape[1:])))
+               for stage in net.decoder.stages]
+    with torch.no_grad():
+        net(torch.rand(1, 3, side, side))
+    for h in handles:
+        h.remove()
+    return shapes
+
+
+def test_decoder_stages_sit_at_the_papers_resolutions_on_resnet50():
+    # the smp-style U-Net of the F-CAM code on the stride-8 ResNet50: 256 and 128 at 1/8, 64 at
+    # 1/4 (+ layer1), 32 at 1/2 (+ stem), 16 at the input's resolution
+    torch.manual_seed(0)
+    net = DecoderNet(build_classifier("resnet50", 3), (256, 128, 64, 32, 16), 64)
+    assert _stage_shapes(net, 64) == [(256, 8, 8), (128, 8, 8), (64, 16, 16), (32, 32, 32), (16, 64, 64)]
+    assert [stage[0].in_channels for stage in net.decoder.stages] == [256, 256, 128 + 256, 64 + 64, 32]
+
+
+def test_decoder_with_fewer_widths_than_levels_uses_the_finest():
+    torch.manual_seed(0)
+    net = DecoderNet(build_classifier("resnet50", 3), (32, 16), 64)
+    assert _stage_shapes(net, 64) == [(32, 32, 32), (16, 64, 64)]  # the 1/4 level (layer1) goes unused
+    logits, _, _ = net(torch.rand(2, 3, 64, 64))
+    assert logits.shape == (2, 2, 64, 64)
+
+
 def test_train_mode_keeps_the_classifier_in_eval():
     net = DecoderNet(build_classifier("small-cnn", 3), (8, 4), 32)
     net.train()

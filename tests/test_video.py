@@ -55,6 +55,17 @@ def test_synth_video_motion_regimes_differ():
     assert max(shift["slow"]) < 2.0 < 5.0 < min(shift["fast"])
 
 
+def test_motion_overlap_separates_the_regimes():
+    from bench.data.synthetic_video import motion_overlap
+
+    cfg = SynthVideoConfig(image_size=64, frames_per_shot=8, num_classes=2, n_test=4)
+    pixels, at_cam = motion_overlap(cfg), motion_overlap(cfg, stride=4)
+    for overlap in (pixels, at_cam):
+        assert overlap["slow"]["iou"] > 0.75 and overlap["fast"]["iou"] < 0.5
+        assert overlap["fast"]["covered"] < overlap["slow"]["covered"] <= 1.0
+    assert at_cam["fast"]["iou"] >= pixels["fast"]["iou"]  # coarser maps overlap more
+
+
 def test_synth_video_layout_and_prepare(tmp_path):
     prepare_video(tmp_path, TINY)
     marker = tmp_path / "synth-video" / "GENERATOR.json"

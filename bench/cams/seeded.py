@@ -71,7 +71,7 @@ class DecoderNet(nn.Module):
         self.tap = EncoderTap(classifier, probe_size)
         scale = getattr(classifier.backbone, "decoder_width_scale", 1.0)
         widths = tuple(max(4, round(w * scale)) for w in decoder_widths)
-        self.decoder = UNetDecoder(self.tap.feature_channels, self.tap.skip_channels, widths)
+        self.decoder = UNetDecoder(self.tap.feature_channels, self.tap.level_skip_channels, widths)
 
     def train(self, mode: bool = True):
         super().train(mode)

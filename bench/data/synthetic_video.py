@@ -50,7 +50,7 @@ from bench.data.synthetic import (DEFAULT_BACKGROUNDS, PART_SHAPES, SPLITS, _hsv
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SynthVideoConfig", "MOTIONS", "generate_video", "prepare_video", "shot_frames"]
+__all__ = ["SynthVideoConfig", "MOTIONS", "generate_video", "motion_overlap", "prepare_video", "shot_frames"]
 
 GENERATOR_VERSION = 1  # bump when the drawing code changes: forces regeneration
 NAME = "synth-video"
@@ -305,6 +305,26 @@ def shot_frames(cfg: SynthVideoConfig, split: str, label: int, index: int):
         ys, xs = np.nonzero(mask)
         boxes[k] = (xs.min(), ys.min(), xs.max(), ys.max())
     return frames, masks, boxes, motion_name
+
+
+def motion_overlap(cfg: Optional[SynthVideoConfig] = None, split: str = "test", stride: int = 1) -> dict:
+    """How much each frame's object overlaps the previous frame's, per motion regime, over the
+    shots of `split`: {motion: {"iou": mean IoU of consecutive object masks, "covered": mean
+    share of the object that the previous frame's object covers}}. `stride` > 1 measures on
+    masks max-pooled by `stride` (a CAM's resolution: what CAM-TMP pools)."""
+    cfg = cfg or SynthVideoConfig()
+    sums = {m: np.zeros(3) for m in MOTIONS}  # iou, covered, pairs
+    for label in range(cfg.num_classes):
+        for index in range(getattr(cfg, f"n_{split}")):
+            _, masks, _, motion = shot_frames(cfg, split, label, index)
+            T, S, _ = masks.shape
+            h = S // stride
+            pooled = masks[:, :h * stride, :h * stride].reshape(T, h, stride, h, stride).any(axis=(2, 4))
+            now, before = pooled[1:], pooled[:-1]
+            inter = (now & before).sum(axis=(1, 2))
+            sums[motion] += (np.sum(inter / (now | before).sum(axis=(1, 2))), np.sum(inter / now.sum(axis=(1, 2))),
+                             T - 1)
+    return {m: {"iou": float(v[0] / v[2]), "covered": float(v[1] / v[2])} for m, v in sums.items() if v[2]}
 
 
 # ----------------------------------------------------------------------------- writing

@@ -4,7 +4,13 @@
 with a hook on every module (nn.Sequential containers expanded) records each output's spatial
 size; for every resolution finer than the CAM features, the last module producing it is tapped
 (e.g. ResNet50: the stem's ReLU at 1/2, layer1 at 1/4; the features come from layer4 at 1/8).
-Only those modules keep a hook afterwards."""
+Only those modules keep a hook afterwards.
+
+`UNetDecoder` places its stages at the resolutions of the papers' U-Net (the smp-style decoder
+of the F-CAM / TCAM / CoLo-CAM code): the last stage at the input's resolution, each earlier
+stage one level coarser (a level: a skip's resolution), and the first stages, once the levels
+run out, at the features' resolution. On the stride-8 ResNet50 with widths (256, 128, 64, 32,
+16): 256 and 128 at 1/8, 64 at 1/4 (+ layer1), 32 at 1/2 (+ stem), 16 at 1/1."""
 from __future__ import annotations
 
 import torch
@@ -54,6 +60,11 @@ class EncoderTap:
         self.modules = [last_at[s][0] for s in finer]
         self.skip_channels = [last_at[s][1] for s in finer]
         self.feature_channels = feats.shape[1]
+        # the decoder's levels finer than the features, coarse -> fine: one per skip, plus the
+        # input's own resolution when no skip has it (ResNet50's finest skip is at 1/2)
+        self.level_skip_channels = list(self.skip_channels)
+        if not finer or finer[-1][0] < probe_size:
+            self.level_skip_channels.append(0)
         self._outputs: dict[int, torch.Tensor] = {}
         self._handles = [m.register_forward_hook(self._store(i)) for i, m in enumerate(self.modules)]
 
@@ -82,40 +93,56 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class UNetDecoder(nn.Module):
-    """A 1x1 reduction of the features, then stages of (upsample, concatenate the next finer
-    skip, two 3x3 conv-BN-ReLU); stages past
-    the last skip upsample by 2 up to the output size; a 1x1 head gives `classes` maps, resized
-    bilinearly to the input size."""
+    """A 1x1 reduction of the features to the first width, then one stage per width: upsample
+    (bilinear) to the stage's level, concatenate that level's skip, two 3x3 conv-BN-ReLU; a 1x1
+    head gives `classes` maps at the input's size.
 
-    def __init__(self, feature_channels: int, skip_channels: list[int], widths: tuple[int, ...], classes: int = 2):
+    Levels: `level_skip_channels` lists the levels finer than the features, coarse -> fine, with
+    each one's skip channels (0: the input's resolution, no skip). The last stages take the
+    levels, finest last; stages before them stay at the features' resolution. With fewer widths
+    than levels the coarsest levels go unused."""
+
+    def __init__(self, feature_channels: int, level_skip_channels: list[int], widths: tuple[int, ...],
+                 classes: int = 2):
         super().__init__()
         if not widths:
             raise ValueError("UNetDecoder: widths must not be empty")
-        skip_channels = list(skip_channels)[:len(widths)]
-        self.n_skips = len(skip_channels)
-        # A 1x1 reduction of the CAM features to the first width, at their own resolution: on the
-        # stride-8 WSOL encoders the first stage runs at 1/4 of the input, and concatenating
-        # 2048 upsampled channels there made the decoder cost ~3x a CAM training step (H100).
+        levels = list(level_skip_channels)[-len(widths):]
+        # stage i -> index into `levels` (None: at the features' resolution)
+        self.stage_levels = [None] * (len(widths) - len(levels)) + list(range(len(levels)))
+        self.level_has_skip = [c > 0 for c in levels]
+        self.first_skip = len(level_skip_channels) - len(levels)  # skips of unused coarse levels are dropped
+        # The papers' decoder concatenates the encoder outputs at the features' own resolution
+        # (ResNet50's layer3 and layer2) in its first stages, 3072 input channels to a 3x3 conv at
+        # 1/8; this 1x1 reduction of the features replaces them (a fraction of the cost, and
+        # no layer names needed).
         self.reduce = nn.Sequential(nn.Conv2d(feature_channels, widths[0], 1, bias=False),
                                     nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
         stages, cin = [], widths[0]
-        for i, width in enumerate(widths):
-            extra = skip_channels[i] if i < self.n_skips else 0
+        for width, level in zip(widths, self.stage_levels):
+            extra = levels[level] if level is not None else 0
             stages.append(_block(cin + extra, width))
             cin = width
         self.stages = nn.ModuleList(stages)
         self.head = nn.Conv2d(cin, classes, 1)
 
     def forward(self, features: torch.Tensor, skips: list[torch.Tensor], out_size: tuple[int, int]) -> torch.Tensor:
+        skips = iter(skips[self.first_skip:])
+        out_size = tuple(out_size)
         x = self.reduce(features)
-        for i, stage in enumerate(self.stages):
-            if i < self.n_skips:
-                skip = skips[i]
-                x = torch.cat([F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False),
-                               skip.to(x.dtype)], dim=1)
-            else:
-                size = (min(2 * x.shape[-2], out_size[0]), min(2 * x.shape[-1], out_size[1]))
-                if size != tuple(x.shape[-2:]):
-                    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        for stage, level in zip(self.stages, self.stage_levels):
+            if level is not None:
+                if self.level_has_skip[level]:
+                    skip = next(skips)
+                    x = torch.cat([_resize(x, skip.shape[-2:]), skip.to(x.dtype)], dim=1)
+                else:
+                    x = _resize(x, out_size)
             x = stage(x)
-        return F.interpolate(self.head(x), size=out_size, mode="bilinear", align_corners=False)
+        return _resize(self.head(x), out_size)
+
+
+def _resize(x: torch.Tensor, size) -> torch.Tensor:
+    size = tuple(size)
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
