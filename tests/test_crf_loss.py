@@ -62,6 +62,30 @@ def test_gradient_is_exact_not_symmetrised():
     assert torch.autograd.gradcheck(lambda p: crf_loss(small_images, p, weight=1.0), (small_probs,), eps=1e-6, atol=1e-6)
 
 
+def test_one_lattice_filtering_per_forward_and_backward():
+    """The energy and its gradient come from one symmetric filtering in the forward; the
+    backward filters nothing (one lattice per training step, not two)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountLattice(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func._overloadpacket.__name__ == "lattice_filter":
+                self.calls.append(args[5] if len(args) > 5 else kwargs.get("symmetric", False))
+            return func(*args, **(kwargs or {}))
+
+    images, probs = _case()
+    probs.requires_grad_(True)
+    with CountLattice() as forward:
+        loss = crf_loss(images, probs)
+    with CountLattice() as backward:
+        loss.backward()
+    assert forward.calls == [True] and backward.calls == []
+
+
 def test_regression_pinned_values():
     images, probs = _case(B=2, K=3, H=9, W=11, seed=42, dtype=torch.float64)
     probs.requires_grad_(True)

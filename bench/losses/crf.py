@@ -13,8 +13,9 @@ Normalisation: PROTOCOL.md writes "/ N". In the seeds' reference implementation 
 over pixels averaged over the batch; we follow that (hence the tiny default weight 2e-9).
 
 Gradient: the seeds back-propagate -2 W S, which assumes W symmetric. The lattice is only nearly
-symmetric; we back-propagate through the op, whose gradient uses the exact adjoint, so our
-gradient is -(W + W^T) S * weight / B (exact for the loss as computed).
+symmetric; our gradient is the exact -(W + W^T) S * weight / B. Both the energy and its gradient
+come from one call of the op with `symmetric=True` in the forward (S^T W S = S^T (W + W^T) S / 2),
+kept for the backward: one lattice per forward and backward, not one each.
 """
 from __future__ import annotations
 
@@ -26,7 +27,30 @@ from torch import Tensor
 
 from bench.ops.lattice_filter import lattice_filter_op
 
-__all__ = ["crf_loss", "crf_features", "multiframe_color_crf_loss", "pad_shots"]
+__all__ = ["crf_loss", "crf_features", "lattice_energy", "multiframe_color_crf_loss", "pad_shots"]
+
+
+class _LatticeEnergy(torch.autograd.Function):
+    """sum_b sum_k v_bk . (W_b v_bk) = 1/2 sum v . ((W + W^T) v), and its gradient (W + W^T) v,
+    from one symmetric filtering in the forward (no lattice work in the backward)."""
+
+    @staticmethod
+    def forward(ctx, features, values, valid):
+        with torch.no_grad():
+            sym = lattice_filter_op(features, values, valid, False, False, True)
+        ctx.save_for_backward(sym)
+        return 0.5 * (values * sym).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (sym,) = ctx.saved_tensors
+        return None, grad * sym, None
+
+
+def lattice_energy(features: Tensor, values: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+    """sum over images and channels of v . (W v) for features [B, d, N], values [B, K, N]:
+    differentiable wrt `values` (exactly: (W + W^T) v), features constant."""
+    return _LatticeEnergy.apply(features, values.contiguous(), valid)
 
 
 def crf_features(images: Tensor, sigma_rgb: float, sigma_xy: float, dtype: torch.dtype) -> Tensor:
@@ -71,8 +95,7 @@ def crf_loss(
     seg = probs.reshape(B, K, H * W)
     if roi is not None:
         seg = seg * roi.reshape(B, 1, H * W).to(probs.dtype)
-    filtered = lattice_filter_op(feat, seg.contiguous(), None, False, False)
-    return -weight * (seg * filtered).sum() / B
+    return -weight * lattice_energy(feat, seg) / B
 
 
 def pad_shots(frames: Tensor, lengths: Union[Tensor, Sequence[int]]) -> tuple[Tensor, Tensor]:
@@ -146,5 +169,4 @@ def multiframe_color_crf_loss(
     seg = seg * valid.view(S, 1, -1).to(dtype)
     if roi is not None:
         seg = seg * roi.reshape(S, 1, n * H * W).to(dtype)
-    filtered = lattice_filter_op(feat.contiguous(), seg.contiguous(), valid, False, False)
-    return -weight * (seg * filtered).sum() / S
+    return -weight * lattice_energy(feat.contiguous(), seg, valid) / S

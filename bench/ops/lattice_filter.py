@@ -8,6 +8,9 @@ normalisation this approximates, up to a constant factor, sum_j exp(-|f_i - f_j|
 
 The operator W is only nearly symmetric: its exact adjoint blurs the directions in reverse
 order (`transpose=True`). The gradient wrt `values` uses that adjoint, so it is exact.
+`symmetric=True` applies W + W^T in one call (one lattice, one splat, both blur orders, one
+slice): the gradient of the CRF energy v.Wv, which the CRF losses use to pay for one lattice per
+forward and backward instead of two.
 """
 from __future__ import annotations
 
@@ -102,9 +105,15 @@ def _filter_one(f: Tensor, v: Tensor, reverse: bool) -> Tensor:
 
 
 def lattice_filter_reference(
-    features: Tensor, values: Tensor, valid: Optional[Tensor] = None, normalize: bool = False, transpose: bool = False
+    features: Tensor, values: Tensor, valid: Optional[Tensor] = None, normalize: bool = False, transpose: bool = False,
+    symmetric: bool = False,
 ) -> Tensor:
     """Pure-torch version of the op (same arguments, [B, d, N] / [B, K, N]); slow."""
+    if symmetric:
+        if normalize:
+            raise ValueError("lattice_filter: symmetric=True cannot be combined with normalize=True")
+        return (lattice_filter_reference(features, values, valid, False, False)
+                + lattice_filter_reference(features, values, valid, False, True))
     B, d, N = features.shape
     K = values.shape[1]
     out = values.new_zeros(B, K, N)
@@ -137,31 +146,34 @@ def _has_op() -> bool:
 if _has_op():
 
     @torch.library.register_fake(_QUALNAME)
-    def _lattice_filter_fake(features, values, valid=None, normalize=False, transpose=False):
+    def _lattice_filter_fake(features, values, valid=None, normalize=False, transpose=False, symmetric=False):
         torch._check(features.dim() == 3, lambda: "lattice_filter: features must be [B, d, N]")
         torch._check(values.dim() == 3, lambda: "lattice_filter: values must be [B, K, N]")
         torch._check(1 <= features.shape[1] <= MAX_DIM, lambda: "lattice_filter: d must be in [1, 8]")
         torch._check(values.dtype == features.dtype, lambda: "lattice_filter: values dtype must match features")
         torch._check(values.shape[0] == features.shape[0], lambda: "lattice_filter: batch sizes differ")
         torch._check(values.shape[2] == features.shape[2], lambda: "lattice_filter: point counts differ")
+        torch._check(not (normalize and symmetric), lambda: "lattice_filter: symmetric with normalize")
         return values.new_empty(values.shape[0], values.shape[1], values.shape[2])
 
     def _setup_context(ctx, inputs, output):
-        features, values, valid, normalize, transpose = inputs
+        features, values, valid, normalize, transpose, symmetric = inputs
         ctx.save_for_backward(features, valid)
         ctx.has_valid = valid is not None
         ctx.normalize = normalize
         ctx.transpose = transpose
+        ctx.symmetric = symmetric
 
     def _backward(ctx, grad):
         features, valid = ctx.saved_tensors
         if not ctx.has_valid:
             valid = None
+        # the adjoint: transpose flipped; W + W^T is its own
         grad_values = torch.ops.wsolbench.lattice_filter(
-            features, grad.contiguous(), valid, ctx.normalize, not ctx.transpose
+            features, grad.contiguous(), valid, ctx.normalize, ctx.symmetric or not ctx.transpose, ctx.symmetric
         )
         # features are constants (no gradient), valid and the flags are not differentiable
-        return None, grad_values, None, None, None
+        return None, grad_values, None, None, None, None
 
     torch.library.register_autograd(_QUALNAME, _backward, setup_context=_setup_context)
 
@@ -170,29 +182,30 @@ class _ReferenceFilter(torch.autograd.Function):
     """Fallback without the extension: the reference, with the same exact-adjoint backward."""
 
     @staticmethod
-    def forward(ctx, features, values, valid, normalize, transpose):
+    def forward(ctx, features, values, valid, normalize, transpose, symmetric):
         ctx.save_for_backward(features, valid)
-        ctx.flags = (normalize, transpose)
+        ctx.flags = (normalize, transpose, symmetric)
         with torch.no_grad():
-            return lattice_filter_reference(features, values, valid, normalize, transpose)
+            return lattice_filter_reference(features, values, valid, normalize, transpose, symmetric)
 
     @staticmethod
     def backward(ctx, grad):
         features, valid = ctx.saved_tensors
-        normalize, transpose = ctx.flags
-        g = _ReferenceFilter.apply(features, grad, valid, normalize, not transpose)
-        return None, g, None, None, None
+        normalize, transpose, symmetric = ctx.flags
+        g = _ReferenceFilter.apply(features, grad, valid, normalize, symmetric or not transpose, symmetric)
+        return None, g, None, None, None, None
 
 
 def lattice_filter_op(
-    features: Tensor, values: Tensor, valid: Optional[Tensor] = None, normalize: bool = False, transpose: bool = False
+    features: Tensor, values: Tensor, valid: Optional[Tensor] = None, normalize: bool = False, transpose: bool = False,
+    symmetric: bool = False,
 ) -> Tensor:
     """The op on flattened points: features [B, d, N], values [B, K, N], valid [B, N] or None.
 
     Uses the compiled kernel when available, otherwise the pure-torch reference."""
     if _has_op():
-        return torch.ops.wsolbench.lattice_filter(features, values, valid, normalize, transpose)
-    return _ReferenceFilter.apply(features, values, valid, normalize, transpose)
+        return torch.ops.wsolbench.lattice_filter(features, values, valid, normalize, transpose, symmetric)
+    return _ReferenceFilter.apply(features, values, valid, normalize, transpose, symmetric)
 
 
 def lattice_filter(
@@ -201,6 +214,7 @@ def lattice_filter(
     valid: Optional[Tensor] = None,
     normalize: bool = False,
     transpose: bool = False,
+    symmetric: bool = False,
 ) -> Tensor:
     """Gaussian filtering of `values` in the space of `features` by a permutohedral lattice.
 
@@ -215,6 +229,7 @@ def lattice_filter(
         normalize: divide by the filtered ones (W 1). Default False: the papers' lattice, not
             normalised.
         transpose: apply the exact adjoint W^T (blur directions in reverse order).
+        symmetric: apply W + W^T (one lattice for both; not with `normalize`).
 
     Returns:
         W values, shaped like `values`. Differentiable wrt `values` (exact, through the adjoint).
@@ -230,6 +245,6 @@ def lattice_filter(
         f = features.reshape(B, d, H * W)
         v = values.reshape(B, K, H * W)
         m = None if valid is None else valid.reshape(B, H * W)
-        out = lattice_filter_op(f, v, m, normalize, transpose)
+        out = lattice_filter_op(f, v, m, normalize, transpose, symmetric)
         return out.view(B, K, H, W)
-    return lattice_filter_op(features, values, valid, normalize, transpose)
+    return lattice_filter_op(features, values, valid, normalize, transpose, symmetric)

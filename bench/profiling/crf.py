@@ -80,6 +80,30 @@ def _filter_rows(device: torch.device, side: int, classes, threads, repeat: int)
     return rows, by_key
 
 
+def _energy_rows(device: torch.device, size: str, repeat: int) -> list[dict]:
+    """crf_loss forward+backward as the harness computes it (one symmetric filtering in the
+    forward, kept for the backward) against the two-lattice way (W S in the forward, autograd
+    through the op's adjoint W^T in the backward), on the same inputs, side by side."""
+    B, H = {("cuda", "full"): (32, 224), ("cpu", "full"): (8, 112)}.get((device.type, size), (2, 64))
+    images = natural_like_images(B, H, H, device)
+    probs = torch.softmax(torch.randn(B, 2, H, H, device=device), 1).requires_grad_(True)
+
+    def one_lattice():
+        crf_loss(images, probs).backward()
+
+    def two_lattices():
+        feat = crf_features(images, 15.0, 100.0, probs.dtype)
+        seg = probs.reshape(B, 2, H * H)
+        (-2e-9 * (seg * lattice_filter_op(feat, seg.contiguous())).sum() / B).backward()
+
+    rows = []
+    for label, fn in (("one symmetric filtering (crf_loss)", one_lattice), ("filter + adjoint in backward", two_lattices)):
+        rows.append({"crf_loss fwd+bwd": label, "case": f"{B}x3x{H}x{H} K=2", "ms": round(_best_ms(fn, device, repeat), 3)})
+    for row in rows:
+        row["ratio to crf_loss"] = round(row["ms"] / rows[0]["ms"], 2)
+    return rows
+
+
 @register_profile("crf")
 def profile_crf(device: torch.device, size: str = "small") -> list[ProfileTable]:
     device = torch.device(device)
@@ -103,6 +127,10 @@ def profile_crf(device: torch.device, size: str = "small") -> list[ProfileTable]
         notes.append("2-thread medians are only meaningful on an idle machine: when the cores are "
                      "oversubscribed every OpenMP barrier waits for a descheduled thread")
     tables.append(ProfileTable(f"lattice_filter on {device.type}: op vs per-class loop", rows, notes))
+    tables.append(ProfileTable(f"crf_loss forward+backward on {device.type}: one lattice or two",
+                               _energy_rows(device, size, repeat),
+                               [f"best of {repeat} runs; {torch.get_num_threads() if device.type == 'cpu' else '-'} "
+                                "CPU threads; photo-like images; the same images and maps in both rows"]))
 
     if device.type == "cuda":
         B, H = (32, 224) if size == "full" else (2, 64)

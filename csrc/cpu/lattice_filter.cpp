@@ -381,26 +381,12 @@ void build(Lattice<scalar_t>& L, const uint8_t* valid, int nt) {
                  std::chrono::duration<double, std::milli>(tb4 - tb3).count());
 }
 
-// vals: [n, K] point-major; out: [n, K]. reverse = transpose (blur directions d..0).
+// The d + 1 blur passes over lattice values `cur` [m, K] (scratch `nxt`, same size), in
+// direction order 0..d, or d..0 when `reverse`; returns the buffer holding the result.
 template <typename scalar_t>
-void filter(const Lattice<scalar_t>& L, const scalar_t* vals, int64_t K, bool reverse, scalar_t* out, int nt) {
+scalar_t* blur(const Lattice<scalar_t>& L, scalar_t* cur, scalar_t* nxt, int64_t K, bool reverse, int nt) {
   const int d = L.d;
-  const int64_t m = L.m, n = L.n;
-  std::vector<scalar_t> a(m * K), b(m * K);
-  // splat (gather form)
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (int64_t i = 0; i < m; ++i) {
-    scalar_t* acc = &a[i * K];
-    for (int64_t k = 0; k < K; ++k) acc[k] = 0;
-    for (int32_t e = L.ptr[i]; e < L.ptr[i + 1]; ++e) {
-      const scalar_t w = L.vw[e];
-      const scalar_t* src = vals + static_cast<int64_t>(L.vtx[e]) * K;
-      for (int64_t k = 0; k < K; ++k) acc[k] += w * src[k];
-    }
-  }
-  // blur
-  scalar_t* cur = a.data();
-  scalar_t* nxt = b.data();
+  const int64_t m = L.m;
   for (int step = 0; step <= d; ++step) {
     const int j = reverse ? d - step : step;
 #pragma omp parallel for schedule(static) num_threads(nt)
@@ -425,6 +411,41 @@ void filter(const Lattice<scalar_t>& L, const scalar_t* vals, int64_t K, bool re
     }
     std::swap(cur, nxt);
   }
+  return cur;
+}
+
+// vals: [n, K] point-major; out: [n, K]. reverse = transpose (blur directions d..0);
+// symmetric: W + W^T, both blur orders from one splat, summed before one slice.
+template <typename scalar_t>
+void filter(const Lattice<scalar_t>& L, const scalar_t* vals, int64_t K, bool reverse, bool symmetric,
+            scalar_t* out, int nt) {
+  const int d = L.d;
+  const int64_t m = L.m, n = L.n;
+  std::vector<scalar_t> a(m * K), b(m * K);
+  // splat (gather form)
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t i = 0; i < m; ++i) {
+    scalar_t* acc = &a[i * K];
+    for (int64_t k = 0; k < K; ++k) acc[k] = 0;
+    for (int32_t e = L.ptr[i]; e < L.ptr[i + 1]; ++e) {
+      const scalar_t w = L.vw[e];
+      const scalar_t* src = vals + static_cast<int64_t>(L.vtx[e]) * K;
+      for (int64_t k = 0; k < K; ++k) acc[k] += w * src[k];
+    }
+  }
+  // blur
+  scalar_t* cur;
+  std::vector<scalar_t> a2, b2;
+  if (symmetric) {
+    a2 = a;  // the splatted values, blurred in the other order
+    b2.resize(m * K);
+    cur = blur(L, a.data(), b.data(), K, false, nt);
+    const scalar_t* rev = blur(L, a2.data(), b2.data(), K, true, nt);
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t e = 0; e < m * K; ++e) cur[e] += rev[e];
+  } else {
+    cur = blur(L, a.data(), b.data(), K, reverse, nt);
+  }
   // slice
   const scalar_t alpha = static_cast<scalar_t>(1.0 / (1.0 + std::pow(2.0, -d)));
 #pragma omp parallel for schedule(static) num_threads(nt)
@@ -447,7 +468,7 @@ void filter(const Lattice<scalar_t>& L, const scalar_t* vals, int64_t K, bool re
 // parallel regions (no extra ATen passes). Returns false on bad features (nothing written).
 template <typename scalar_t>
 bool filter_image(const scalar_t* feat, const scalar_t* vals, const uint8_t* valid, int d, int64_t n, int64_t K,
-                  bool normalize, bool transpose, scalar_t* out, int nt) {
+                  bool normalize, bool transpose, bool symmetric, scalar_t* out, int nt) {
   // below ~64k vertices the fork/join of the ~15 parallel regions costs more than the work
   // (and far more when the cores are oversubscribed): run serially
   if (n * (d + 1) < (1 << 16)) nt = 1;
@@ -479,13 +500,13 @@ bool filter_image(const scalar_t* feat, const scalar_t* vals, const uint8_t* val
   if (normalize && transpose) {
     // transpose of the normalized filter: W^T diag(1 / W 1)
     std::vector<scalar_t> ones(n, scalar_t(1)), nrm(n);
-    filter(L, ones.data(), 1, false, nrm.data(), nt);
+    filter(L, ones.data(), 1, false, false, nrm.data(), nt);
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int64_t p = 0; p < n; ++p) {
       for (int64_t k = 0; k < K; ++k) pv[p * K + k] = nrm[p] > 0 ? pv[p * K + k] / nrm[p] : scalar_t(0);
     }
   }
-  filter(L, pv.data(), Kx, transpose, po.data(), nt);
+  filter(L, pv.data(), Kx, transpose, symmetric, po.data(), nt);
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t p = 0; p < n; ++p) {
     if (with_ones) {
@@ -500,7 +521,8 @@ bool filter_image(const scalar_t* feat, const scalar_t* vals, const uint8_t* val
 
 template <typename scalar_t>
 bool run_batch(const at::Tensor& feat, const at::Tensor& vals, const at::Tensor& vmask, at::Tensor& out, int64_t B,
-               int64_t d, int64_t N, int64_t K, bool normalize, bool transpose, bool per_image, int threads) {
+               int64_t d, int64_t N, int64_t K, bool normalize, bool transpose, bool symmetric, bool per_image,
+               int threads) {
   const scalar_t* fp = feat.data_ptr<scalar_t>();
   const scalar_t* vp = vals.data_ptr<scalar_t>();
   scalar_t* op = out.data_ptr<scalar_t>();
@@ -510,22 +532,22 @@ bool run_batch(const at::Tensor& feat, const at::Tensor& vals, const at::Tensor&
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
     for (int64_t b = 0; b < B; ++b) {
       if (!filter_image<scalar_t>(fp + b * N * d, vp + b * N * K, mp ? mp + b * N : nullptr, static_cast<int>(d), N,
-                                  K, normalize, transpose, op + b * N * K, 1)) {
+                                  K, normalize, transpose, symmetric, op + b * N * K, 1)) {
         __atomic_store_n(&ok, 0, __ATOMIC_RELAXED);
       }
     }
   } else {
     for (int64_t b = 0; b < B && ok; ++b) {
       ok = filter_image<scalar_t>(fp + b * N * d, vp + b * N * K, mp ? mp + b * N : nullptr, static_cast<int>(d), N,
-                                  K, normalize, transpose, op + b * N * K, threads);
+                                  K, normalize, transpose, symmetric, op + b * N * K, threads);
     }
   }
   return ok != 0;
 }
 
 at::Tensor lattice_filter_cpu(const at::Tensor& features, const at::Tensor& values,
-                              const c10::optional<at::Tensor>& valid, bool normalize, bool transpose) {
-  check_lattice_args(features, values, valid);
+                              const c10::optional<at::Tensor>& valid, bool normalize, bool transpose, bool symmetric) {
+  check_lattice_args(features, values, valid, normalize, symmetric);
   TORCH_CHECK(features.device().is_cpu(), "lattice_filter: features must be a CPU tensor here");
   const int64_t B = features.size(0), d = features.size(1), N = features.size(2), K = values.size(1);
   auto feat = features.contiguous();  // [B, d, N] (no copy when already contiguous)
@@ -538,8 +560,10 @@ at::Tensor lattice_filter_cpu(const at::Tensor& features, const at::Tensor& valu
   // many small images: one image per thread; otherwise all threads inside each image.
   const bool per_image = threads > 1 && B >= threads && N * (d + 1) < (1 << 17);
   const bool ok = values.scalar_type() == at::kDouble
-                      ? run_batch<double>(feat, vals, vmask, out, B, d, N, K, normalize, transpose, per_image, threads)
-                      : run_batch<float>(feat, vals, vmask, out, B, d, N, K, normalize, transpose, per_image, threads);
+                      ? run_batch<double>(feat, vals, vmask, out, B, d, N, K, normalize, transpose, symmetric,
+                                          per_image, threads)
+                      : run_batch<float>(feat, vals, vmask, out, B, d, N, K, normalize, transpose, symmetric,
+                                         per_image, threads);
   TORCH_CHECK(ok, "lattice_filter: features must be finite with |f| <= 1e6 (positions divided by their standard "
               "deviations; lattice coordinates are int32)");
   return out;

@@ -16,7 +16,8 @@
 //              table (lattice id -> channel accumulators, shared atomics) and flush one global
 //              atomicAdd per distinct lattice point and channel; vertices that find no shared
 //              slot within a few probes go straight to global memory
-//   blur       one thread per (lattice point, channel), d+1 ping-pong launches, (0.5, 1, 0.5)
+//   blur       one thread per (lattice point, channel), d+1 ping-pong launches, (0.5, 1, 0.5);
+//              symmetric (W + W^T): the splat is cloned, blurred in both orders and summed (add)
 //   slice      one thread per (point, channel), writes [B, K, N] directly (coalesced in N)
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -314,6 +315,15 @@ __global__ void blur_kernel(const scalar_t* __restrict__ cur, const int32_t* __r
   nxt[e] = cur[e] + scalar_t(0.5) * (v1 + v2);
 }
 
+// cur[i, k] += other[i, k] for the M live lattice points (the two blur orders of W + W^T)
+template <typename scalar_t>
+__global__ void add_kernel(scalar_t* __restrict__ cur, const scalar_t* __restrict__ other,
+                           const int32_t* __restrict__ m_dev, int64_t K) {
+  const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (e / K >= *m_dev) return;
+  cur[e] += other[e];
+}
+
 template <typename scalar_t>
 __global__ void slice_kernel(const scalar_t* __restrict__ lat, const scalar_t* __restrict__ weight,
                              const int32_t* __restrict__ vlat, int64_t B, int64_t K, int64_t N, int d, scalar_t alpha,
@@ -391,9 +401,27 @@ GpuLattice build_lattice(const at::Tensor& feat /* [B, N, d] f64 */, const at::T
   return L;
 }
 
-// values [B, K, N] contiguous -> W values (or W^T values) [B, K, N]
+// d + 1 blur launches over lattice values `cur` (scratch `nxt`), direction order 0..d or d..0;
+// returns the buffer holding the result
 template <typename scalar_t>
-at::Tensor apply_lattice(const GpuLattice& L, const at::Tensor& values, bool reverse, cudaStream_t stream) {
+scalar_t* blur_lattice(const GpuLattice& L, scalar_t* cur, scalar_t* nxt, int64_t K, bool reverse,
+                       cudaStream_t stream) {
+  const int d = L.d;
+  for (int step = 0; step <= d; ++step) {
+    const int j = reverse ? d - step : step;
+    blur_kernel<scalar_t><<<blocks_for(L.V * K), kThreads, 0, stream>>>(cur, L.nbr.data_ptr<int32_t>(),
+                                                                         L.m_dev.data_ptr<int32_t>(), K, d, j, nxt);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    std::swap(cur, nxt);
+  }
+  return cur;
+}
+
+// values [B, K, N] contiguous -> W values (or W^T values; or (W + W^T) values when symmetric:
+// one splat, both blur orders, one slice) [B, K, N]
+template <typename scalar_t>
+at::Tensor apply_lattice(const GpuLattice& L, const at::Tensor& values, bool reverse, bool symmetric,
+                         cudaStream_t stream) {
   const int64_t K = values.size(1);
   const int d = L.d;
   auto out = at::empty({L.B, K, L.N}, values.options());
@@ -404,14 +432,17 @@ at::Tensor apply_lattice(const GpuLattice& L, const at::Tensor& values, bool rev
       values.data_ptr<scalar_t>(), L.weight.data_ptr<scalar_t>(), L.vlat.data_ptr<int32_t>(), L.B * L.N, L.N, K, d,
       a.data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  scalar_t* cur = a.data_ptr<scalar_t>();
-  scalar_t* nxt = b.data_ptr<scalar_t>();
-  for (int step = 0; step <= d; ++step) {
-    const int j = reverse ? d - step : step;
-    blur_kernel<scalar_t><<<blocks_for(L.V * K), kThreads, 0, stream>>>(cur, L.nbr.data_ptr<int32_t>(),
-                                                                         L.m_dev.data_ptr<int32_t>(), K, d, j, nxt);
+  scalar_t* cur;
+  at::Tensor a2, b2;
+  if (symmetric) {
+    a2 = a.clone();  // the splatted values, blurred in the other order (clone: on the current stream)
+    b2 = at::empty_like(b);
+    cur = blur_lattice<scalar_t>(L, a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), K, false, stream);
+    const scalar_t* rev = blur_lattice<scalar_t>(L, a2.data_ptr<scalar_t>(), b2.data_ptr<scalar_t>(), K, true, stream);
+    add_kernel<scalar_t><<<blocks_for(L.V * K), kThreads, 0, stream>>>(cur, rev, L.m_dev.data_ptr<int32_t>(), K);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    std::swap(cur, nxt);
+  } else {
+    cur = blur_lattice<scalar_t>(L, a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), K, reverse, stream);
   }
   const scalar_t alpha = static_cast<scalar_t>(1.0 / (1.0 + std::pow(2.0, -d)));
   slice_kernel<scalar_t><<<blocks_for(L.B * K * L.N), kThreads, 0, stream>>>(
@@ -422,8 +453,9 @@ at::Tensor apply_lattice(const GpuLattice& L, const at::Tensor& values, bool rev
 }
 
 at::Tensor lattice_filter_cuda(const at::Tensor& features, const at::Tensor& values,
-                               const c10::optional<at::Tensor>& valid, bool normalize, bool transpose) {
-  check_lattice_args(features, values, valid);
+                               const c10::optional<at::Tensor>& valid, bool normalize, bool transpose,
+                               bool symmetric) {
+  check_lattice_args(features, values, valid, normalize, symmetric);
   TORCH_CHECK(features.is_cuda(), "lattice_filter: features must be a CUDA tensor here");
   const at::cuda::OptionalCUDAGuard guard(features.device());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -438,18 +470,18 @@ at::Tensor lattice_filter_cuda(const at::Tensor& features, const at::Tensor& val
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "lattice_filter_cuda", [&] {
     GpuLattice L = build_lattice<scalar_t>(feat, vmask, B, N, d, values.options(), stream);
     if (!normalize) {
-      out = apply_lattice<scalar_t>(L, vals, transpose, stream);
+      out = apply_lattice<scalar_t>(L, vals, transpose, symmetric, stream);
     } else {
       auto ones = at::ones({B, 1, N}, values.options());
       if (!transpose) {
-        auto both = apply_lattice<scalar_t>(L, at::cat({vals, ones}, 1), false, stream);
+        auto both = apply_lattice<scalar_t>(L, at::cat({vals, ones}, 1), false, false, stream);
         auto nrm = both.narrow(1, values.size(1), 1);
         auto num = both.narrow(1, 0, values.size(1));
         out = at::where(nrm > 0, num / nrm.clamp_min(1e-30), at::zeros_like(num)).contiguous();
       } else {
-        auto nrm = apply_lattice<scalar_t>(L, ones, false, stream);
+        auto nrm = apply_lattice<scalar_t>(L, ones, false, false, stream);
         auto scaled = at::where(nrm > 0, vals / nrm.clamp_min(1e-30), at::zeros_like(vals)).contiguous();
-        out = apply_lattice<scalar_t>(L, scaled, true, stream);
+        out = apply_lattice<scalar_t>(L, scaled, true, false, stream);
       }
     }
   });

@@ -7,13 +7,15 @@
 //   normalize           divide by the filtered ones (W 1) instead of returning W values
 //   transpose           apply W^T (blur directions in reverse order); with normalize it applies
 //                       W^T diag(1 / W 1), the exact adjoint of the normalized filter
+//   symmetric           apply W + W^T: one lattice, one splat, both blur orders, one slice (the
+//                       gradient of the CRF energy v.Wv; not with normalize; transpose is moot)
 //
 // Features are constants: no gradient flows to them. The gradient wrt values is the same op
-// with `transpose` flipped (registered in bench/ops/lattice_filter.py).
+// with `transpose` flipped, or itself when symmetric (registered in bench/ops/lattice_filter.py).
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(wsolbench, m) {
   m.def(
       "lattice_filter(Tensor features, Tensor values, Tensor? valid=None, bool normalize=False, "
-      "bool transpose=False) -> Tensor");
+      "bool transpose=False, bool symmetric=False) -> Tensor");
 }

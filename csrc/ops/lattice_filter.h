@@ -11,7 +11,9 @@ constexpr int64_t kLatticeMaxDim = 8;
 
 // features [B, d, N], values [B, K, N], valid [B, N] (bool or uint8), all on one device.
 inline void check_lattice_args(const at::Tensor& features, const at::Tensor& values,
-                               const c10::optional<at::Tensor>& valid) {
+                               const c10::optional<at::Tensor>& valid, bool normalize, bool symmetric) {
+  TORCH_CHECK(!(normalize && symmetric), "lattice_filter: symmetric=True applies W + W^T of the unnormalised "
+              "filter; it cannot be combined with normalize=True");
   TORCH_CHECK(features.dim() == 3, "lattice_filter: features must be [B, d, N], got ",
               features.dim(), " dims ", features.sizes());
   TORCH_CHECK(values.dim() == 3, "lattice_filter: values must be [B, K, N], got ", values.dim(),

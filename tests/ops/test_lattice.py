@@ -85,6 +85,35 @@ def test_transpose_is_exact_adjoint(normalize):
 
 
 @needs_op
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("d", [3, 5])
+def test_symmetric_is_w_plus_its_transpose(dtype, d):
+    f, v, valid = _inputs(2, d, 3, 150, dtype, seed=d, valid_frac=0.8)
+    both = torch.ops.wsolbench.lattice_filter(f, v, valid, False, False, True)
+    apart = lattice_filter_op(f, v, valid) + lattice_filter_op(f, v, valid, transpose=True)
+    _close(both, apart, 1e-6 if dtype == torch.float32 else 1e-12)
+    _close(both, lattice_filter_reference(f, v, valid, symmetric=True), 1e-5)
+    assert not torch.equal(lattice_filter_op(f, v, valid), lattice_filter_op(f, v, valid, transpose=True))
+    # W + W^T is self-adjoint: <u, (W + W^T) v> = <(W + W^T) u, v>
+    u = torch.rand_like(v)
+    lhs = (u * both).sum()
+    rhs = (torch.ops.wsolbench.lattice_filter(f, u, valid, False, False, True) * v).sum()
+    assert abs(lhs - rhs).item() <= 1e-5 * abs(lhs).item()
+    with pytest.raises(RuntimeError, match="cannot be combined with normalize"):
+        torch.ops.wsolbench.lattice_filter(f, v, valid, True, False, True)
+
+
+@needs_op
+def test_symmetric_gradcheck_and_opcheck():
+    f, v, valid = _inputs(2, 3, 2, 20, torch.float64, seed=6, valid_frac=0.8)
+    v.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: lattice_filter_op(f, x, valid, symmetric=True), (v,), eps=1e-6,
+                                    atol=1e-8)
+    torch.library.opcheck(torch.ops.wsolbench.lattice_filter.default, (f.float(), v.detach().float().requires_grad_(),
+                                                                       valid, False, False, True))
+
+
+@needs_op
 @pytest.mark.parametrize("normalize", [False, True])
 def test_gradcheck(normalize):
     f, v, valid = _inputs(2, 3, 2, 20, torch.float64, seed=5, valid_frac=0.8)
@@ -195,6 +224,15 @@ def test_cuda_matches_cpu(normalize, transpose, d):
     f, v, valid = _inputs(2, d, 3, 500, torch.float32, seed=2, valid_frac=0.8)
     cpu = lattice_filter_op(f, v, valid, normalize, transpose)
     gpu = lattice_filter_op(f.cuda(), v.cuda(), valid.cuda(), normalize, transpose)
+    _close(gpu.cpu(), cpu, 1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("d", [3, 5])
+def test_cuda_symmetric_matches_cpu(d):
+    f, v, valid = _inputs(2, d, 3, 500, torch.float32, seed=3, valid_frac=0.8)
+    cpu = lattice_filter_op(f, v, valid, symmetric=True)
+    gpu = lattice_filter_op(f.cuda(), v.cuda(), valid.cuda(), symmetric=True)
     _close(gpu.cpu(), cpu, 1e-4)
 
 
