@@ -84,6 +84,10 @@ def test_one_lattice_filtering_per_forward_and_backward():
     with CountLattice() as backward:
         loss.backward()
     assert forward.calls == [True] and backward.calls == []
+    # the saved (W + W^T) S is a constant: a second derivative raises instead of being wrong
+    (g,) = torch.autograd.grad(crf_loss(images, probs), probs, create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()
 
 
 def test_regression_pinned_values():

@@ -42,6 +42,7 @@ class _LatticeEnergy(torch.autograd.Function):
         return 0.5 * (values * sym).sum()
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # sym is saved as a constant: no second derivative
     def backward(ctx, grad):
         (sym,) = ctx.saved_tensors
         return None, grad * sym, None
