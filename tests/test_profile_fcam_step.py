@@ -11,4 +11,3 @@ def test_fcam_step_profile_small_compares_crf_on_and_off():
     assert all(row["ms"] > 0 for row in table.rows)
     # the CRF adds no convolution or matrix product: the counted work is the same in every variant
     assert table.rows[0]["GFLOP"] > 0 and len({row["GFLOP"] for row in table.rows}) == 1
-
