@@ -20,7 +20,7 @@ def added_later(default):
 
 @dataclass(frozen=True)
 class TrainSchedule:
-    """One training run as `bench.training.train` runs it: `epochs` epochs of SGD from `lr`,
+    """One training run as `bench.method.training.train` runs it: `epochs` epochs of SGD from `lr`,
     annealed to 0 by a cosine over the run's steps (`step_every` None) or multiplied by `gamma`
     every `step_every` epochs (the papers' step decay; the first decay after `step_every`
     epochs)."""

@@ -23,7 +23,7 @@ from bench.entries import RESULT_SCHEMA, file_sha256, method_file_sha256, write_
 from bench.io import atomic_torch_save, file_lock, results_lock
 from bench.metrics import BoxEvaluator, CorLocEvaluator, MaskEvaluator, Top1Cls, normalize_scoremaps
 from bench.models import WSOLNet, build_classifier
-from bench.training import make_loader, train
+from bench.method.training import make_loader, train
 
 log = logging.getLogger(__name__)
 

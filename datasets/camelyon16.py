@@ -1,5 +1,5 @@
-from bench.data.folds import FoldedMetadataDataset
-from bench.registry import register_dataset
+from bench.dataset import FoldedMetadataDataset
+from bench.dataset import register_dataset
 
 
 @register_dataset

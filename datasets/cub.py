@@ -1,6 +1,6 @@
-from bench.config import PaperSchedule
+from bench.dataset import PaperSchedule
 from bench.dataset import MetadataDataset
-from bench.registry import register_dataset
+from bench.dataset import register_dataset
 
 
 @register_dataset

@@ -1,5 +1,5 @@
 from bench.dataset import MetadataDataset
-from bench.registry import register_dataset
+from bench.dataset import register_dataset
 
 
 @register_dataset

@@ -1,6 +1,6 @@
-from bench.data.synthetic import SynthTissueConfig
-from bench.data.synthetic_dataset import SyntheticDataset
-from bench.registry import register_dataset
+from bench.dataset import SynthTissueConfig
+from bench.dataset import SyntheticDataset
+from bench.dataset import register_dataset
 
 
 @register_dataset

@@ -1,9 +1,9 @@
 from pathlib import Path
 
-from bench.data.synthetic_dataset import Generated
-from bench.data.synthetic_video import MOTIONS, SynthVideoConfig, prepare_video
-from bench.data.video import VideoDataset
-from bench.registry import register_dataset
+from bench.dataset import Generated
+from bench.dataset import MOTIONS, SynthVideoConfig, prepare_video
+from bench.dataset import VideoDataset
+from bench.dataset import register_dataset
 
 
 @register_dataset

@@ -1,6 +1,6 @@
-from bench.config import PaperSchedule
-from bench.data.video import VideoDataset
-from bench.registry import register_dataset
+from bench.dataset import PaperSchedule
+from bench.dataset import VideoDataset
+from bench.dataset import register_dataset
 
 YTO_CLASSES = ("aeroplane", "bird", "boat", "car", "cat", "cow", "dog", "horse", "motorbike", "train")
 

@@ -4,8 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.cams import TrainedCAM, normalize_maps
-from bench.registry import register_method
+from bench.cams import minmax
+from bench.method import TrainedCAM
+from bench.method import register_method
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class ACoL(TrainedCAM):
         return model
 
     def erase(self, features: torch.Tensor, cam: torch.Tensor) -> torch.Tensor:
-        keep = normalize_maps(cam.detach()) <= self.cfg.erase_threshold
+        keep = minmax(cam.detach()) <= self.cfg.erase_threshold
         return features * keep.unsqueeze(1).to(features.dtype)
 
     def training_loss(self, model, images, labels):
@@ -57,6 +58,6 @@ class ACoL(TrainedCAM):
 
     def cams(self, model, images, labels):
         out = model(images)
-        a = normalize_maps(model.cam(out.features, labels))
-        b = normalize_maps(model.acol_branch.cam(out.features, labels))
+        a = minmax(model.cam(out.features, labels))
+        b = minmax(model.acol_branch.cam(out.features, labels))
         return torch.maximum(a, b), out.logits

@@ -2,8 +2,8 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.cams import TrainedCAM, cam_layer_transform
-from bench.registry import register_method
+from bench.method import TrainedCAM, cam_layer_transform
+from bench.method import register_method
 
 
 @dataclass(frozen=True)

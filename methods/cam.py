@@ -1,5 +1,5 @@
 from bench.method import PostHocCAM
-from bench.registry import register_method
+from bench.method import register_method
 
 
 @register_method

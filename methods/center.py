@@ -3,7 +3,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.method import Localization, Method
-from bench.registry import register_method
+from bench.method import register_method
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.cams.seeded import SeededDecoder, SeededDecoderConfig
-from bench.data.video import ShotClipSampler, clip_lengths
+from bench.method import SeededDecoder, SeededDecoderConfig
+from bench.dataset import ShotClipSampler, clip_lengths
 from bench.dataset import collate
 from bench.losses.crf import multiframe_color_crf_loss
-from bench.registry import register_method
+from bench.method import register_method
 
 
 @dataclass(frozen=True)

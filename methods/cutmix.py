@@ -3,8 +3,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.cams import TrainedCAM
-from bench.registry import register_method
+from bench.method import TrainedCAM
+from bench.method import register_method
 
 
 @dataclass(frozen=True)

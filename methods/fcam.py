@@ -1,5 +1,5 @@
-from bench.cams.seeded import SeededDecoder, SeededDecoderConfig
-from bench.registry import register_method
+from bench.method import SeededDecoder, SeededDecoderConfig
+from bench.method import register_method
 
 
 @register_method

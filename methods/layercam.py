@@ -1,6 +1,6 @@
 from bench.cams import activations_and_grads, weighted_sum
 from bench.method import PostHocCAM
-from bench.registry import register_method
+from bench.method import register_method
 
 
 @register_method

@@ -3,9 +3,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.cams.localizer import LocalizerConfig, LocalizerMethod
+from bench.method import LocalizerConfig, LocalizerMethod
 from bench.losses.log_barrier import LogBarrierSchedule, size_constraint
-from bench.registry import register_method
+from bench.method import register_method
 
 
 def kl_to_uniform(logits: torch.Tensor, reverse: bool = False) -> torch.Tensor:

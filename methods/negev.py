@@ -1,9 +1,9 @@
 from dataclasses import dataclass
 
-from bench.cams.seeded import SeededDecoder, SeededDecoderConfig
+from bench.method import SeededDecoder, SeededDecoderConfig
 from bench.losses.partial_ce import negative_evidence_loss
-from bench.ops.seed import IGNORE
-from bench.registry import register_method
+from bench.dataset import IGNORE
+from bench.method import register_method
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.cams import normalize_maps
-from bench.method import Localization, Method, PostHocCAM
+from bench.cams import minmax
+from bench.dataset import IGNORE
+from bench.method import Localization, Method, PostHocCAM, get_method, register_method, train
 from bench.ops.pixel_classifier import pixel_classifier_probs, pixel_seed_ce
-from bench.ops.seed import IGNORE, SeedConfig, make_seeds
-from bench.registry import get_method, register_method
-from bench.training import train
+from bench.ops.seed import SeedConfig, make_seeds
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ class PixelCAM(Method):
         cams = self.seeder.localize(images, self.dataset.localization_classes(labels)).cams.detach().float()
         if tuple(cams.shape[-2:]) != grid:
             cams = F.interpolate(cams[:, None], size=grid, mode="bilinear", align_corners=False)[:, 0]
-        seeds = make_seeds(normalize_maps(cams), self.cfg.seed_config(), self.generator)
+        seeds = make_seeds(minmax(cams), self.cfg.seed_config(), self.generator)
         negative = getattr(self.dataset, "negative_class", None)
         if negative is not None and not self.cfg.seeds_on_negative_images:
             seeds[labels == negative] = IGNORE

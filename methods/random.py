@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.method import Localization, Method
-from bench.registry import register_method
+from bench.method import register_method
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ import torch
 
 from bench.cams import activations_and_grads, gradcampp_weights, weighted_sum
 from bench.method import PostHocCAM
-from bench.registry import register_method
+from bench.method import register_method
 
 
 @dataclass(frozen=True)

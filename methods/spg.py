@@ -4,8 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.cams import TrainedCAM, normalize_maps
-from bench.registry import register_method
+from bench.cams import minmax
+from bench.method import TrainedCAM
+from bench.method import register_method
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class SPG(TrainedCAM):
 
     def seeds(self, cam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(target [B,h,w] with 1 on foreground seeds and 0 elsewhere, valid [B,h,w] bool: the seeds)."""
-        norm = normalize_maps(cam.detach())
+        norm = minmax(cam.detach())
         fg = norm > self.cfg.fg_threshold
         bg = norm < self.cfg.bg_threshold
         return fg.to(cam.dtype), fg | bg

@@ -4,11 +4,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.cams.seeded import SeededDecoder, SeededDecoderConfig
-from bench.cams.temporal import frame_cams, minmax, shot_pooled_cams
-from bench.data.video import ShotFrames
-from bench.registry import register_method
-from bench.training import make_loader
+from bench.method import SeededDecoder, SeededDecoderConfig
+from bench.cams import frame_cams, minmax, shot_pooled_cams
+from bench.dataset import ShotFrames
+from bench.method import register_method
+from bench.dataset import make_loader
 
 
 @dataclass(frozen=True)

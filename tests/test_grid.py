@@ -15,7 +15,7 @@ from bench.config import BUDGETS
 from bench.grid import Cell, build_cells, run_grid
 from bench.method import Localization, Method
 from bench.registry import REPO_ROOT
-from bench.training import train
+from bench.method.training import train
 from tests.conftest import set_flags
 from tests.harness import SMOKE, run_small_cell, small_dataset
 

@@ -12,7 +12,7 @@ import torch
 
 from bench.config import Budget
 from bench.models import build_classifier
-from bench.models.localizer import (ClassMapHead, LocalizerClassifier, apply_mask, foreground_map, soft_mask,
+from bench.models.wildcat import (ClassMapHead, LocalizerClassifier, apply_mask, foreground_map, soft_mask,
                                     wildcat_pool)
 from bench.registry import METHODS, REPO_ROOT, load_plugin_file
 
@@ -181,7 +181,7 @@ def test_fit_logs_every_term_per_epoch_and_localize_gives_a_mask(name, caplog):
     g = torch.Generator().manual_seed(0)
     data = [{"image": torch.rand(3, 32, 32, generator=g), "label": i % 3, "index": i} for i in range(8)]
     method = method_cls(name)()
-    with caplog.at_level("INFO", logger="bench.cams.localizer"):
+    with caplog.at_level("INFO", logger="bench.method.localizer"):
         method.fit(data, data, tiny_ctx())
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"{name} epoch")]
     assert len(lines) == 2 and "loc_ce=" in lines[0]

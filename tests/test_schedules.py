@@ -1,5 +1,5 @@
 """Training schedules: the `paper` budget resolved per dataset and backbone from the papers'
-published runs, the step decay of `bench.training.train`, and the configuration hashes the
+published runs, the step decay of `bench.method.training.train`, and the configuration hashes the
 committed results depend on."""
 import json
 import math
@@ -14,7 +14,7 @@ from bench.config import Budget, PaperSchedule, TrainSchedule, config_hash, get_
 from bench.method import Localization, Method
 from bench.registry import REPO_ROOT, get_dataset, get_method
 from bench.runner import RunContext, cell_config, run_cell
-from bench.training import train
+from bench.method.training import train
 
 SYNTHETIC = ("synth-objects", "synth-tissue", "synth-video")
 

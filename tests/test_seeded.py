@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench.cams.seeded import DecoderNet
+from bench.method.seeded import DecoderNet
 from bench.losses.partial_ce import negative_evidence_loss, partial_cross_entropy
 from bench.models import build_classifier
 from bench.ops.seed import IGNORE

@@ -15,7 +15,8 @@ from bench.cams.temporal import shot_pooled_cams
 from bench.config import BUDGETS
 from bench.data.metadata import MetadataError
 from bench.data.synthetic_video import SynthVideoConfig, generate_video, prepare_video, shot_frames
-from bench.data.video import ShotClipSampler, clip_lengths, read_video_split
+from bench.data.video import read_video_split
+from bench.dataset import ShotClipSampler, clip_lengths
 from bench.dataset import collate
 from bench.grid import build_cells
 from bench.metrics import BoxEvaluator, CorLocEvaluator

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench.data.video import ShotFrames, clip_lengths
+from bench.dataset import ShotFrames, clip_lengths
 from bench.ops.seed import IGNORE
 from bench.registry import get_method
 

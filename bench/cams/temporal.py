@@ -1,4 +1,4 @@
-"""Per-frame CAMs of a video split and CAM-TMP over them (TCAM, PROTOCOL.md §3).
+"""Per-frame CAMs of a video split and CAM-TMP over them (TCAM; docs/protocol.md, "CAM-TMP").
 
 `frame_cams` runs a frozen CAM method over every frame of a `VideoFrames` split (no
 augmentation, batched: frames are independent) and returns min-max normalised maps [N, h, w]
@@ -12,19 +12,10 @@ from __future__ import annotations
 import torch
 
 from bench.ops.temporal_max_pool import temporal_max_pool
-from bench.training import make_loader
+from bench.cams.normalize import minmax
+from bench.dataset.base import make_loader
 
-__all__ = ["frame_cams", "shot_pooled_cams", "minmax"]
-
-
-def minmax(maps: torch.Tensor) -> torch.Tensor:
-    """Min-max normalise each map of [..., h, w] to [0, 1] (a constant map becomes zeros)."""
-    flat = maps.flatten(-2)
-    lo = flat.amin(-1, keepdim=True)
-    span = flat.amax(-1, keepdim=True) - lo
-    out = torch.where(span > 0, (flat - lo) / torch.where(span > 0, span, torch.ones_like(span)),
-                      torch.zeros_like(flat))
-    return out.view_as(maps)
+__all__ = ["frame_cams", "shot_pooled_cams"]
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ class ImageRecord:
     has_roi_line: bool = False  # a localization line exists for this image
 
 
-def _lines(path: Path, required: bool = True):
+def read_lines(path: Path, required: bool = True):
     if not path.is_file():
         if required:
             raise MetadataError(f"{path}: metadata file is missing")
@@ -40,21 +40,21 @@ def _lines(path: Path, required: bool = True):
     return out
 
 
-def _check_relative(rel: str, where: str) -> str:
+def check_relative(rel: str, where: str) -> str:
     p = PurePosixPath(rel.replace("\\", "/"))
     if not rel or p.is_absolute() or ".." in p.parts:
         raise MetadataError(f"{where}: path {rel!r} must be relative to the image root and stay inside it")
     return str(p)
 
 
-def _fields(text: str, count: int, what: str, where: str) -> list[str]:
+def split_fields(text: str, count: int, what: str, where: str) -> list[str]:
     parts = [p.strip() for p in text.split(",")]
     if len(parts) != count:
         raise MetadataError(f"{where}: expected `{what}` ({count} comma-separated fields), got {text!r}")
     return parts
 
 
-def _int(value: str, name: str, where: str) -> int:
+def parse_int(value: str, name: str, where: str) -> int:
     try:
         return int(value)
     except ValueError:
@@ -83,7 +83,7 @@ def read_split(meta_dir: Path, annotation: str, loc_file: str = BOX_FILE,
 
     def lines(path: Path, required: bool = True):
         try:
-            return _lines(path, required)
+            return read_lines(path, required)
         except MetadataError as err:
             fail(str(err))
             return []
@@ -93,7 +93,7 @@ def read_split(meta_dir: Path, annotation: str, loc_file: str = BOX_FILE,
     order: list[str] = []
     for number, text in lines(ids_file):
         try:
-            rel = _check_relative(text, f"{ids_file}:{number}")
+            rel = check_relative(text, f"{ids_file}:{number}")
         except MetadataError as err:
             fail(str(err))
             continue
@@ -110,9 +110,9 @@ def read_split(meta_dir: Path, annotation: str, loc_file: str = BOX_FILE,
     for number, text in lines(labels_file):
         where = f"{labels_file}:{number}"
         try:
-            rel, label = _fields(text, 2, "<path>,<int class id>", where)
-            rec = _known(records, _check_relative(rel, where), where, ids_file)
-            value = _int(label, "class id", where)
+            rel, label = split_fields(text, 2, "<path>,<int class id>", where)
+            rec = _known(records, check_relative(rel, where), where, ids_file)
+            value = parse_int(label, "class id", where)
             if value < 0:
                 raise MetadataError(f"{where}: class id {value} is negative")
             rec.label = value
@@ -126,9 +126,9 @@ def read_split(meta_dir: Path, annotation: str, loc_file: str = BOX_FILE,
     for number, text in lines(sizes_file, required=annotation != "mask"):
         where = f"{sizes_file}:{number}"
         try:
-            rel, width, height = _fields(text, 3, "<path>,<width>,<height>", where)
-            rec = _known(records, _check_relative(rel, where), where, ids_file)
-            size = (_int(width, "width", where), _int(height, "height", where))
+            rel, width, height = split_fields(text, 3, "<path>,<width>,<height>", where)
+            rec = _known(records, check_relative(rel, where), where, ids_file)
+            size = (parse_int(width, "width", where), parse_int(height, "height", where))
             if size[0] <= 0 or size[1] <= 0:
                 raise MetadataError(f"{where}: image size {size} must be positive")
             rec.size = size
@@ -142,9 +142,9 @@ def read_split(meta_dir: Path, annotation: str, loc_file: str = BOX_FILE,
             where = f"{loc_path}:{number}"
             try:
                 if annotation == "box":
-                    rel, *coords = _fields(text, 5, "<path>,x0,y0,x1,y1", where)
-                    rec = _known(records, _check_relative(rel, where), where, ids_file)
-                    x0, y0, x1, y1 = (_int(c, n, where) for c, n in zip(coords, ("x0", "y0", "x1", "y1")))
+                    rel, *coords = split_fields(text, 5, "<path>,x0,y0,x1,y1", where)
+                    rec = _known(records, check_relative(rel, where), where, ids_file)
+                    x0, y0, x1, y1 = (parse_int(c, n, where) for c, n in zip(coords, ("x0", "y0", "x1", "y1")))
                     if x1 < x0 or y1 < y0:
                         raise MetadataError(f"{where}: box ({x0},{y0},{x1},{y1}) has x1 < x0 or y1 < y0")
                     if rec.size is not None:
@@ -154,10 +154,10 @@ def read_split(meta_dir: Path, annotation: str, loc_file: str = BOX_FILE,
                                                 f"{w}x{h} image {rel!r}")
                     rec.boxes.append((x0, y0, x1, y1))
                 else:
-                    rel, mask, ignore = _fields(text, 3, "<path>,<mask.png>,<ignore.png>", where)
-                    rec = _known(records, _check_relative(rel, where), where, ids_file)
-                    mask = _check_relative(mask, where) if mask else ""
-                    ignore = _check_relative(ignore, where) if ignore else ""
+                    rel, mask, ignore = split_fields(text, 3, "<path>,<mask.png>,<ignore.png>", where)
+                    rec = _known(records, check_relative(rel, where), where, ids_file)
+                    mask = check_relative(mask, where) if mask else ""
+                    ignore = check_relative(ignore, where) if ignore else ""
                     if ignore and rec.ignore is not None:
                         raise MetadataError(f"{where}: a second ignore mask for {rel!r}; only the "
                                             f"first line of an image carries one")

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from bench._ext import has_op
+from bench.dataset.protocol import IGNORE
 from bench.metrics.common import check_scoremaps, taus
 
-IGNORE = 255
 
 
 def _float32_edges(edges: np.ndarray) -> torch.Tensor:

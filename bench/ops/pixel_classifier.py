@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench._ext import has_op
+from bench.dataset.protocol import IGNORE
 
 __all__ = [
     "IGNORE_INDEX",
@@ -32,7 +33,7 @@ __all__ = [
     "pixel_seed_ce_dense",
 ]
 
-IGNORE_INDEX = 255
+IGNORE_INDEX = IGNORE  # the protocol's ignore label
 
 
 def pixel_classifier_probs(features: Tensor, weight: Tensor, bias: Tensor, fg_class: Optional[int] = None) -> Tensor:

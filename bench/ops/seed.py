@@ -37,9 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bench.dataset.protocol import IGNORE
+
 __all__ = ["IGNORE", "FG_MODES", "SeedConfig", "SeedInfo", "quantize", "otsu_threshold", "make_seeds"]
 
-IGNORE = 255
 FG_MODES = ("uniform", "top", "proportional")
 
 

@@ -12,12 +12,12 @@ from types import SimpleNamespace
 
 import torch
 
-from bench.cams.seeded import DecoderNet
+from bench.method.seeded import DecoderNet
 from bench.models import build_classifier
 from bench.profiling import ProfileTable, count_gflop, register_profile, time_fn
 from bench.profiling.crf import natural_like_images
 from bench.registry import get_method
-from bench.training import autocast
+from bench.method.training import autocast
 
 SIZES = {"full": ("resnet50", 32, 224, 10), "small": ("small-cnn", 8, 48, 3)}
 NUM_CLASSES = 200

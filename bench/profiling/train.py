@@ -1,4 +1,4 @@
-"""Profile "train": images per second of the harness's stage-1 training (bench.training.train over
+"""Profile "train": images per second of the harness's stage-1 training (bench.method.training.train over
 the real data pipeline: files on disk, loader workers, random crops and flips, pinned copies)
 against a bare PyTorch loop over the same model and the same images already on the device.
 
@@ -25,7 +25,7 @@ from bench.config import get_budget
 from bench.models import build_classifier
 from bench.profiling import ProfileTable, register_profile
 from bench.registry import get_dataset
-from bench.training import autocast, train
+from bench.method.training import autocast, train
 
 SETTINGS = {
     # backbone, budget, image side on disk, train images per class, times each file is listed,
@@ -113,7 +113,7 @@ def profile_train(device: torch.device, size: str) -> list[ProfileTable]:
         steps = n_timed // budget.batch_size
         bare = _bare_rate(model, pixels, labels, budget, device, steps=steps, warmup=max(3, steps // 10))
     rows = [{"loop": "bare PyTorch (images on device)", "images/s": round(bare, 1), "ratio": 1.0},
-            {"loop": "harness (bench.training.train, loader)", "images/s": round(harness, 1),
+            {"loop": "harness (bench.method.training.train, loader)", "images/s": round(harness, 1),
              "ratio": round(harness / bare, 3)}]
     crop = f"{budget.input_size} crops from {budget.crop_from}" if budget.crop_from else f"{budget.input_size or side}px"
     note = (f"{backbone}, random weights, `{budget.name}` budget: batch {budget.batch_size}, {crop}, "

@@ -23,12 +23,12 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from bench.cams.seeded import DecoderNet
+from bench.method.seeded import DecoderNet
 from bench.models import build_classifier
 from bench.profiling import ProfileTable, count_gflop, register_profile, time_fn
 from bench.profiling.crf import natural_like_images
 from bench.registry import get_method
-from bench.training import autocast
+from bench.method.training import autocast
 
 SETTINGS = {
     # backbone, frames per batch, side, frames per clip, classes, warm-up, repeat

@@ -1,4 +1,5 @@
-"""Training loops shared by the stage-1 classifier and the methods that train a classifier."""
+"""The training loop shared by the stage-1 classifier and every method that trains (SGD, the
+budget's schedules, progress bar, finite-loss check)."""
 from __future__ import annotations
 
 import contextlib
@@ -11,21 +12,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from bench.config import TrainSchedule
-from bench.dataset import collate
+from bench.dataset.base import make_loader
 
 log = logging.getLogger(__name__)
-
-
-def make_loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0, drop_last=False,
-                device: torch.device | None = None):
-    generator = torch.Generator().manual_seed(seed)
-    # pinned batches let the host-to-device copy overlap the previous step (non_blocking below)
-    pin = device is not None and device.type == "cuda"
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate,
-        num_workers=num_workers, drop_last=drop_last and len(dataset) > batch_size,
-        persistent_workers=num_workers > 0, pin_memory=pin,
-        prefetch_factor=4 if num_workers > 0 else None)
 
 
 def autocast(device: torch.device, enabled: bool):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.dataset import MetadataDataset
+from bench.dataset.metadata import MetadataDataset
 
 NUM_FOLDS = 5
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.data.synthetic import prepare
-from bench.dataset import MetadataDataset
+from bench.dataset.metadata import MetadataDataset
 
 
 class Generated:

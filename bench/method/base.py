@@ -1,4 +1,4 @@
-"""Method plugins. The base class owns the pipeline; a method overrides one or two hooks.
+"""The method plugin base. The base class owns the pipeline; a method overrides one or two hooks.
 
 - `Method.fit(train, val, ctx)`: train what the method trains (default: nothing).
 - `Method.localize(images, labels) -> Localization`: score maps [B,h,w] (any resolution,
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.cams.gradients import autocast_trunk
 from bench.config import EmptyConfig
 
 
@@ -62,8 +63,6 @@ class PostHocCAM(Method):
             self.model.to(memory_format=torch.channels_last)
 
     def localize(self, images, labels):
-        from bench.cams.gradients import autocast_trunk  # here: bench.cams imports this module
-
         dtype = self.cuda_trunk_dtype if images.device.type == "cuda" else None
         with torch.set_grad_enabled(self.requires_grad), autocast_trunk(self.model, images.device.type, dtype):
             cams, logits = self.cams(self.model, images, labels)

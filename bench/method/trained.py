@@ -1,7 +1,7 @@
 """WSOL baselines that train their own classifier, then localize with a CAM.
 
 `TrainedCAM.fit` builds a fresh classifier (`ctx.new_classifier()`, plus whatever
-`build_model` adds), trains it with `bench.training.train` on `ctx.budget.stage1_schedule()`
+`build_model` adds), trains it with `bench.method.training.train` on `ctx.budget.stage1_schedule()`
 (the run of the shared stage-1 CAM classifier, so every baseline gets the same effort as
 CAM itself) with `training_loss` as the loss, inside `training_context` (for methods that
 hook the model during training only), then `localize` reads `cams` with gradients off.
@@ -19,8 +19,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from bench.method import Localization, Method
-from bench.training import train
+from bench.method.base import Localization, Method
+from bench.method.training import train
 
 
 class TrainedCAM(Method):
@@ -53,14 +53,6 @@ class TrainedCAM(Method):
     def cams(self, model, images, labels):
         out = model(images)
         return model.cam(out.features, labels), out.logits
-
-
-def normalize_maps(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Min-max normalise each map of [B,h,w] to [0,1] (a constant map becomes 0)."""
-    flat = maps.flatten(1)
-    lo = flat.min(1).values.view(-1, 1, 1)
-    hi = flat.max(1).values.view(-1, 1, 1)
-    return (maps - lo) / (hi - lo).clamp_min(eps)
 
 
 @contextlib.contextmanager

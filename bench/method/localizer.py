@@ -1,6 +1,6 @@
 """Base of the localizer + classifier methods (Max-Min uncertainty, Min-Max entropy).
 
-`LocalizerMethod.fit` builds a `bench.models.localizer.LocalizerClassifier` whose encoder and
+`LocalizerMethod.fit` builds a `bench.models.wildcat.LocalizerClassifier` whose encoder and
 classification head start from the shared stage-1 classifier (`init_from_stage1`, the stand-in
 for the papers' pretrained encoder on the CPU budgets) or from scratch, and trains everything
 jointly for `ctx.budget.method_epochs` with the method's `losses` hook. Every loss term is logged
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.method import Localization, Method
-from bench.models.localizer import LocalizerClassifier, LocalizerOutput, apply_mask
-from bench.training import train
+from bench.method.base import Localization, Method
+from bench.models.wildcat import LocalizerClassifier, LocalizerOutput, apply_mask
+from bench.method.training import train
 
 log = logging.getLogger(__name__)
 

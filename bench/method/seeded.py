@@ -25,14 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.cams.trained import normalize_maps
+from bench.cams.normalize import minmax
 from bench.losses.crf import crf_loss
 from bench.losses.log_barrier import LogBarrierSchedule, size_constraint
 from bench.losses.partial_ce import partial_cross_entropy
-from bench.method import Localization, Method
+from bench.method.base import Localization, Method
 from bench.models.decoder import EncoderTap, UNetDecoder
 from bench.ops.seed import SeedConfig, make_seeds
-from bench.training import train
+from bench.method.training import train
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class SeededDecoder(Method):
         classes = self.dataset.localization_classes(labels)
         cams = torch.relu(net.classifier.cam(features.float(), classes))
         cams = F.interpolate(cams[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        return normalize_maps(cams)
+        return minmax(cams)
 
     def seed_maps(self, cams: torch.Tensor, images, labels) -> torch.Tensor:
         """Seed labels [B,H,W] (1 fg, 0 bg, 255 ignore) from normalised CAMs."""

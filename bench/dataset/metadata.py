@@ -1,74 +1,20 @@
-"""Dataset plugins: where a dataset lives, its task, splits and metric.
-
-A plugin subclasses `Dataset` (or `MetadataDataset` for the field's metadata format) in one
-small file of `datasets/` and registers itself with `@register_dataset`."""
+"""Datasets in the field's metadata format (docs/protocol.md, "On-disk format"): images under
+`<root>/<image_dir>` and one folder of text files per split; items resized for the network and
+their boxes and masks brought to the evaluation frame."""
 from __future__ import annotations
 
 import random as _random
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from bench.config import EmptyConfig, PaperSchedule
 from bench.data.metadata import ImageRecord, MetadataError, read_split
+from bench.dataset.base import Dataset, Splits
+from bench.dataset.protocol import IGNORE
 
-IGNORE = 255  # mask value of ignored pixels
 PIXEL_CACHE_BYTES = 1 << 30  # splits whose decoded pixels fit are decoded once per process
-
-
-@dataclass
-class Splits:
-    train: torch.utils.data.Dataset
-    val: torch.utils.data.Dataset
-    test: torch.utils.data.Dataset
-    num_classes: int
-
-
-class Dataset:
-    name: str = ""
-    task: str = "image"  # "image" or "video"; methods declare the tasks they support
-    annotation: str = "box"  # "box" or "mask": the test-time ground truth
-    primary_metric: str = "MaxBoxAccV2"
-    metrics: tuple[str, ...] = ()  # extra metrics shown in the leaderboard table
-    negative_class: int | None = None  # class id of fully negative images, if any
-    num_classes: int = 0
-    eval_size: int = 224  # score maps and ground truth are compared at eval_size x eval_size
-    synthetic: bool = False  # generated on the spot (never "missing")
-    # The reference papers' training runs on this dataset, taken by the `paper` budget
-    # (`bench.config.resolve_budget`): the stage-1 CAM classifier's and a method's own training's
-    # (decoders). None: not published, the budget's generic settings.
-    paper_stage1: PaperSchedule | None = None
-    paper_method: PaperSchedule | None = None
-    Config = EmptyConfig
-
-    def __init__(self, cfg=None):
-        self.cfg = cfg if cfg is not None else self.Config()
-
-    def locate(self, data_root: Path) -> Path:
-        """The folder this dataset is read from."""
-        return Path(data_root) / self.name
-
-    def missing(self, data_root: Path) -> str | None:
-        """None when the dataset is on disk, else one line saying where it was looked for."""
-        return None
-
-    def prepare(self, data_root: Path) -> None:
-        """Make the data available (the synthetic suite generates itself here)."""
-
-    def splits(self, data_root: Path, budget) -> Splits:
-        raise NotImplementedError
-
-    def localization_classes(self, labels: torch.Tensor) -> torch.Tensor:
-        """The class whose map is evaluated for each image (GT-known: its own label). A
-        dataset with a negative class (images without ROI, e.g. `normal` tissue) and one
-        positive class localizes the positive (ROI) class everywhere: a negative image is then
-        judged by how little ROI its map shows, not by a map of "normal" tissue."""
-        if self.negative_class is None or self.num_classes != 2:
-            return labels
-        return torch.full_like(labels, 1 - self.negative_class)
 
 
 class MetadataDataset(Dataset):
@@ -247,15 +193,3 @@ class MetadataImages(torch.utils.data.Dataset):
         return torch.from_numpy(np.asarray(resized).copy())
 
 
-def collate(items: list[dict]) -> dict:
-    out = {"image": torch.stack([it["image"] for it in items]),
-           "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
-           "index": torch.tensor([it["index"] for it in items], dtype=torch.long)}
-    if "boxes" in items[0]:
-        out["boxes"] = [it["boxes"] for it in items]
-    if "mask" in items[0]:
-        out["mask"] = torch.stack([it["mask"] for it in items])
-    for key, value in items[0].items():  # integer tags (video: shot, position, subset)
-        if key not in out and isinstance(value, int):
-            out[key] = torch.tensor([it[key] for it in items], dtype=torch.long)
-    return out

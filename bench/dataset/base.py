@@ -1,0 +1,93 @@
+"""The dataset API: what a dataset plugin is, the splits it returns and how their items batch.
+
+A plugin subclasses `Dataset` (or `MetadataDataset` for the field's metadata format) in one
+small file of `datasets/` and registers itself with `@register_dataset`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bench.config import EmptyConfig, PaperSchedule
+from bench.dataset.protocol import EVAL_SIZE
+
+
+
+@dataclass
+class Splits:
+    train: torch.utils.data.Dataset
+    val: torch.utils.data.Dataset
+    test: torch.utils.data.Dataset
+    num_classes: int
+
+
+class Dataset:
+    name: str = ""
+    task: str = "image"  # "image" or "video"; methods declare the tasks they support
+    annotation: str = "box"  # "box" or "mask": the test-time ground truth
+    primary_metric: str = "MaxBoxAccV2"
+    metrics: tuple[str, ...] = ()  # extra metrics shown in the leaderboard table
+    negative_class: int | None = None  # class id of fully negative images, if any
+    num_classes: int = 0
+    eval_size: int = EVAL_SIZE  # score maps and ground truth are compared at eval_size x eval_size
+    synthetic: bool = False  # generated on the spot (never "missing")
+    # The reference papers' training runs on this dataset, taken by the `paper` budget
+    # (`bench.config.resolve_budget`): the stage-1 CAM classifier's and a method's own training's
+    # (decoders). None: not published, the budget's generic settings.
+    paper_stage1: PaperSchedule | None = None
+    paper_method: PaperSchedule | None = None
+    Config = EmptyConfig
+
+    def __init__(self, cfg=None):
+        self.cfg = cfg if cfg is not None else self.Config()
+
+    def locate(self, data_root: Path) -> Path:
+        """The folder this dataset is read from."""
+        return Path(data_root) / self.name
+
+    def missing(self, data_root: Path) -> str | None:
+        """None when the dataset is on disk, else one line saying where it was looked for."""
+        return None
+
+    def prepare(self, data_root: Path) -> None:
+        """Make the data available (the synthetic suite generates itself here)."""
+
+    def splits(self, data_root: Path, budget) -> Splits:
+        raise NotImplementedError
+
+    def localization_classes(self, labels: torch.Tensor) -> torch.Tensor:
+        """The class whose map is evaluated for each image (GT-known: its own label). A
+        dataset with a negative class (images without ROI, e.g. `normal` tissue) and one
+        positive class localizes the positive (ROI) class everywhere: a negative image is then
+        judged by how little ROI its map shows, not by a map of "normal" tissue."""
+        if self.negative_class is None or self.num_classes != 2:
+            return labels
+        return torch.full_like(labels, 1 - self.negative_class)
+
+
+
+def collate(items: list[dict]) -> dict:
+    out = {"image": torch.stack([it["image"] for it in items]),
+           "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
+           "index": torch.tensor([it["index"] for it in items], dtype=torch.long)}
+    if "boxes" in items[0]:
+        out["boxes"] = [it["boxes"] for it in items]
+    if "mask" in items[0]:
+        out["mask"] = torch.stack([it["mask"] for it in items])
+    for key, value in items[0].items():  # integer tags (video: shot, position, subset)
+        if key not in out and isinstance(value, int):
+            out[key] = torch.tensor([it[key] for it in items], dtype=torch.long)
+    return out
+
+
+def make_loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0, drop_last=False,
+                device: torch.device | None = None):
+    generator = torch.Generator().manual_seed(seed)
+    # pinned batches let the host-to-device copy overlap the previous step (non_blocking below)
+    pin = device is not None and device.type == "cuda"
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate,
+        num_workers=num_workers, drop_last=drop_last and len(dataset) > batch_size,
+        persistent_workers=num_workers > 0, pin_memory=pin,
+        prefetch_factor=4 if num_workers > 0 else None)

@@ -1,0 +1,22 @@
+"""THE METHOD API: everything a method plugin file (`methods/*.py`) imports.
+
+- `Method`, `Localization`: the plugin base (`fit`, `localize`) and what `localize` returns;
+- `PostHocCAM`: CAMs read from the shared stage-1 classifier (override `cams`);
+- `TrainedCAM`: WSOL baselines that train their own classifier, then read a CAM;
+- `SeededDecoder` (+ `SeededDecoderConfig`, `SeedConfig`, `DecoderNet`): a decoder trained on
+  pseudo-labels drawn from a frozen CAM classifier (F-CAM, NEGEV, TCAM, CoLo-CAM);
+- `LocalizerMethod` (+ `LocalizerConfig`): a localizer + classifier on one encoder (Max-Min,
+  Min-Max entropy);
+- `train`: the training loop every method shares; `register_method`.
+"""
+from bench.config import EmptyConfig
+from bench.method.base import Localization, Method, PostHocCAM
+from bench.method.localizer import LocalizerConfig, LocalizerMethod
+from bench.method.seeded import DecoderNet, SeedConfig, SeededDecoder, SeededDecoderConfig
+from bench.method.trained import TrainedCAM, cam_layer_transform
+from bench.method.training import train
+from bench.registry import get_method, register_method
+
+__all__ = ["Method", "Localization", "PostHocCAM", "TrainedCAM", "cam_layer_transform", "SeededDecoder",
+           "SeededDecoderConfig", "SeedConfig", "DecoderNet", "LocalizerMethod", "LocalizerConfig", "train",
+           "register_method", "get_method", "EmptyConfig"]
