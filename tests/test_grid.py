@@ -126,7 +126,7 @@ def test_exit_status_says_a_cell_failed(shared_dirs, tmp_path, monkeypatch):
                      str(shared_dirs["cache"]), "--results", str(tmp_path / "r"),
                      *[x for f in set_flags() for x in ("--set", f) if not f.startswith("synth-tissue")]])
     finally:
-        registry.METHODS.pop("explode-test", None)
+        registry.METHODS.unregister("explode-test")
     assert code == 1
     assert json.loads((tmp_path / "r" / "synth-objects" / "explode-test" / "seed0.json").read_text())["error"] == \
         "ValueError: kaboom"

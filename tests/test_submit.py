@@ -30,7 +30,7 @@ def plugin_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("WSOLBENCH_PLUGINS", str(folder))
     yield folder
     for name in [n for n, c in registry.METHODS.items() if str(folder) in str(getattr(c, "source_file", ""))]:
-        registry.METHODS.pop(name)
+        registry.METHODS.unregister(name)
 
 
 def _args(shared_dirs, tmp_path):

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
 import torch
 from torch import nn
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+from bench.registry import Registry
+
+BACKBONES = Registry("backbone")  # filled when this package is imported (its modules register below)
 
 
 def register_backbone(name: str):
     def wrap(factory):
-        BACKBONES[name] = factory
-        return factory
+        return BACKBONES.register(factory, name)
 
     return wrap
 
@@ -64,10 +63,7 @@ class WSOLNet(nn.Module):
 
 
 def build_classifier(backbone: str, num_classes: int, weights: str | Path | None = None) -> WSOLNet:
-    try:
-        factory = BACKBONES[backbone]
-    except KeyError:
-        raise ValueError(f"unknown backbone {backbone!r}; known backbones: {', '.join(sorted(BACKBONES))}") from None
+    factory = BACKBONES.get_or_raise(backbone)
     net = WSOLNet(factory(), num_classes)
     if weights is not None:
         load_backbone_weights(net.backbone, weights)

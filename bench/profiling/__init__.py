@@ -13,7 +13,15 @@ from typing import Callable
 
 import torch
 
-PROFILES: dict[str, Callable] = {}
+from bench.registry import Registry
+
+
+def _load_profile_modules() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+PROFILES = Registry("profile", _load_profile_modules)
 
 
 @dataclass
@@ -25,18 +33,13 @@ class ProfileTable:
 
 def register_profile(name: str):
     def wrap(fn):
-        if name in PROFILES:
-            raise ValueError(f"profile {name!r} registered twice")
-        PROFILES[name] = fn
-        return fn
+        return PROFILES.register(fn, name)
 
     return wrap
 
 
 def load_profiles() -> dict[str, Callable]:
-    for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
-    return PROFILES
+    return PROFILES.all()
 
 
 def count_gflop(fn: Callable[[], object]) -> float:
