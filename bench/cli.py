@@ -31,10 +31,17 @@ def _csv(text: str | None) -> list[str] | None:
 def _device(name: str | None) -> torch.device:
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    device = _device_name(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: no CUDA device is visible to torch {torch.__version__}")
     return device
+
+
+def _device_name(name: str) -> torch.device:
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r}: not a device (cpu, cuda, cuda:1)") from None
 
 
 def cmd_list(args) -> int:
@@ -64,28 +71,19 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from bench.config import get_budget, parse_set_flags
-    from bench.grid import DEFAULT_SEEDS, build_cells, run_grid
+    from bench.config import parse_set_flags
+    from bench.grid import build_cells, run_grid
     from bench.leaderboard import write_leaderboard
 
     if not args.all and not args.methods and not args.datasets:
         raise ValueError("say what to run: --all, or --methods and/or --datasets")
-    budget = get_budget(args.budget)
-    seeds = [int(s) for s in _csv(args.seeds)] if args.seeds else list(DEFAULT_SEEDS)
-    slurm = _slurm_config(args)
-    device = _cell_device(args, slurm)
-    cells, skipped = build_cells(_csv(args.methods), _csv(args.datasets), seeds, budget, args.data_root,
-                                 parse_set_flags(args.set))
+    settings = run_settings(args)
+    cells, skipped = build_cells(_csv(args.methods), _csv(args.datasets), settings, parse_set_flags(args.set))
     for what, why in skipped:
         print(f"skip {what}: {why}")
-    threads = _cell_threads(args, device)
-    print(f"{len(cells)} cells, budget {budget.name}, device {device}, seeds {seeds}"
-          + (f", {args.jobs or 'auto'} local workers" if args.launcher == "inline" else f", launcher {args.launcher}")
-          + (f", torch threads per cell: {threads}" if threads else ""))
-    report = run_grid(cells, budget, data_root=args.data_root, results_dir=args.results, cache_dir=args.cache_dir,
-                      device=device, backbone=args.backbone, weights=args.weights, jobs=args.jobs,
-                      launcher=args.launcher, slurm=slurm, wait=args.wait, threads=threads)
-    readme, _ = write_leaderboard(args.results, args.results.parent)
+    print(f"{len(cells)} cells, {_describe(settings)}")
+    report = run_grid(cells, settings)
+    readme, _ = write_leaderboard(settings.results_dir, settings.results_dir.parent)
     print(f"ran {len(report.ran)}, resumed {len(report.resumed)}, failed {len(report.failed)}"
           + (f", submitted {len(report.submitted)}" if report.submitted else "") + f"; tables in {readme}")
     if report.submitted:
@@ -96,9 +94,45 @@ def cmd_run(args) -> int:
     return 1 if report.failed else 0
 
 
+def run_settings(args, **changes):
+    """The one `RunSettings` of a command, from its flags (the run, sweep and submit flags)."""
+    from bench.config import get_budget
+    from bench.launch import default_cell_threads
+    from bench.settings import DEFAULT_SEEDS, RunSettings
+
+    slurm = _slurm_config(args)
+    device = _cell_device(args, slurm)
+    threads = args.threads
+    if threads is None and args.launcher == "inline":
+        threads = default_cell_threads(device)
+    fields = dict(budget=get_budget(args.budget), seeds=_seeds(args.seeds) if args.seeds else DEFAULT_SEEDS,
+                  data_root=args.data_root, results_dir=args.results, cache_dir=args.cache_dir, device=str(device),
+                  backbone=args.backbone, weights=args.weights, threads=threads, jobs=args.jobs,
+                  launcher=args.launcher, slurm=slurm, wait=args.wait)
+    fields.update(changes)
+    return RunSettings(**fields)
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    seeds = []
+    for part in _csv(text) or []:
+        try:
+            seeds.append(int(part))
+        except ValueError:
+            raise ValueError(f"--seeds {text!r}: {part!r} is not an integer (e.g. --seeds 0,1,2)") from None
+    return tuple(seeds)
+
+
+def _describe(settings) -> str:
+    where = (f"{settings.jobs or 'auto'} local workers" if settings.launcher == "inline"
+             else f"launcher {settings.launcher}")
+    return (f"budget {settings.budget.name}, device {settings.device}, seeds {list(settings.seeds)}, {where}"
+            + (f", torch threads per cell: {settings.threads}" if settings.threads else ""))
+
+
 def cmd_sweep(args) -> int:
-    from bench.config import get_budget, parse_set_flags
-    from bench.grid import DEFAULT_SEEDS, build_cells, run_grid
+    from bench.config import parse_set_flags
+    from bench.grid import build_cells, run_grid
     from bench.registry import all_datasets, all_methods
     from bench.sweep import parse_param, write_sweep
 
@@ -108,28 +142,21 @@ def cmd_sweep(args) -> int:
         raise ValueError(f"--set {param.owner}.{param.key} fixes the setting this sweep varies")
     methods = _csv(args.methods) or ([param.owner] if param.owner in all_methods() else None)
     datasets = _csv(args.datasets) or ([param.owner] if param.owner in all_datasets() else None)
-    budget = get_budget(args.budget)
-    seeds = [int(s) for s in _csv(args.seeds)] if args.seeds else list(DEFAULT_SEEDS)
-    slurm = _slurm_config(args)
-    device = _cell_device(args, slurm)
-    threads = _cell_threads(args, device)
     out = Path(args.out or REPO_ROOT / "leaderboard" / "sweeps" / f"{param.owner}.{param.key}")
-    if slurm is not None and not slurm.log_dir:
-        slurm = dataclasses.replace(slurm, log_dir=str(out / "submitit"))
+    # the folder above the values' results holds the sweep's table: tasks write none there
+    settings = run_settings(args, results_dir=out, task_tables=False)
+    if settings.slurm is not None and not settings.slurm.log_dir:
+        settings = settings.replace(slurm=dataclasses.replace(settings.slurm, log_dir=str(out / "submitit")))
     cells = []
     for value in param.values:  # every value's cells in one grid (one pool, one job array), each in its own folder
         overrides = {owner: dict(kv) for owner, kv in fixed.items()}
         overrides.setdefault(param.owner, {})[param.key] = value
-        value_cells, skipped = build_cells(methods, datasets, seeds, budget, args.data_root, overrides)
+        value_cells, skipped = build_cells(methods, datasets, settings, overrides)
         for what, why in skipped if value == param.values[0] else ():  # the same for every value
             print(f"skip {what}: {why}")
-        cells += [dataclasses.replace(cell, results_dir=out / param.folder(value)) for cell in value_cells]
-    print(f"{len(cells)} cells ({len(param.values)} values of {param.key}), budget {budget.name}, device {device}, "
-          f"seeds {seeds}")
-    report = run_grid(cells, budget, data_root=args.data_root, results_dir=out, cache_dir=args.cache_dir,
-                      device=device, backbone=args.backbone, weights=args.weights, jobs=args.jobs,
-                      launcher=args.launcher, slurm=slurm, wait=args.wait, threads=threads,
-                      task_tables=False)  # the folder above the values' results holds the sweep's table
+        cells += [dataclasses.replace(cell, results_dir=str(out / param.folder(value))) for cell in value_cells]
+    print(f"{len(cells)} cells ({len(param.values)} values of {param.key}), {_describe(settings)}")
+    report = run_grid(cells, settings)
     for value in param.values:
         folder = param.folder(value)
         ran, failed = ([label for label in labels if label.startswith(f"{folder}/")]
@@ -138,7 +165,8 @@ def cmd_sweep(args) -> int:
         print(f"{param.key}={value}: ran {len(ran)}, resumed {len(resumed)}, failed {len(failed)}")
     for label in report.failed:
         print(f"FAILED {label} (see its JSON result for the error)")
-    readme, rows = write_sweep(param, out, budget, seeds, param.default(), str(device), _sweep_command(args))
+    readme, rows = write_sweep(param, out, settings.budget, settings.seeds, param.default(), settings.device,
+                               _sweep_command(args))
     for row in rows:
         if row.chosen:
             print(f"{row.method} on {row.dataset}: {param.key}={row.value} chosen on validation "
@@ -163,7 +191,7 @@ def _cell_device(args, slurm) -> torch.device:
     """Where cells run: for SLURM tasks on the nodes (not checked here, the submitting machine
     may have no GPU): --device, else cuda when the tasks get GPUs; else this machine's device."""
     if args.launcher == "slurm":
-        return torch.device(args.device or ("cuda" if slurm.gpus_per_task > 0 else "cpu"))
+        return _device_name(args.device or ("cuda" if slurm.gpus_per_task > 0 else "cpu"))
     return _device(args.device)
 
 
@@ -179,18 +207,13 @@ def _slurm_config(args):
 
 
 def cmd_submit(args) -> int:
-    from bench.config import get_budget, parse_set_flags
-    from bench.grid import DEFAULT_SEEDS, PROTOCOL_BUDGET
+    from bench.config import parse_set_flags
+    from bench.settings import PROTOCOL_BUDGET
     from bench.submit import submit
 
-    budget = get_budget(args.budget or PROTOCOL_BUDGET)
-    seeds = [int(s) for s in _csv(args.seeds)] if args.seeds else list(DEFAULT_SEEDS)
-    slurm = _slurm_config(args)
-    device = _cell_device(args, slurm)
-    result = submit(args.file, budget=budget, seeds=seeds, overrides=parse_set_flags(args.set), data_root=args.data_root,
-                    results_dir=args.results, cache_dir=args.cache_dir, device=device,
-                    backbone=args.backbone, weights=args.weights, jobs=args.jobs, launcher=args.launcher,
-                    slurm=slurm, threads=_cell_threads(args, device))
+    args.budget = args.budget or PROTOCOL_BUDGET
+    settings = run_settings(args)
+    result = submit(args.file, settings, overrides=parse_set_flags(args.set))
     for what, why in result.skipped:
         print(f"skip {what}: {why}")
     if result.deviations:
@@ -200,7 +223,7 @@ def cmd_submit(args) -> int:
         print(f"FAILED {label} (see its JSON result for the error)")
     for problem in result.problems:
         print(f"INVALID {problem}")
-    print(("submitted: " if result.ok else "not submitted: ") + f"tables in {args.results.parent / 'README.md'}")
+    print(("submitted: " if result.ok else "not submitted: ") + f"tables in {settings.results_dir.parent / 'README.md'}")
     return 0 if result.ok else 1
 
 
@@ -314,19 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every registered method on every available dataset")
     p.add_argument("--methods", help="comma-separated method names")
     p.add_argument("--datasets", help="comma-separated dataset names")
-    p.add_argument("--seeds", help="comma-separated seeds (default 0,1,2)")
-    p.add_argument("--budget", default="quick", help="smoke | quick | paper (default quick)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when visible, else cpu)")
-    p.add_argument("--backbone", default="small-cnn")
-    p.add_argument("--weights", help="local backbone weights file (torchvision state-dict layout)")
-    p.add_argument("--data-root", type=Path, default=_default_data_root(),
-                   help="where datasets live and the synthetic suite is generated (env WSOLBENCH_DATA)")
-    p.add_argument("--results", type=Path, default=REPO_ROOT / "leaderboard" / "results",
-                   help="result folder; tables are written beside it")
-    p.add_argument("--cache-dir", type=Path, default=_default_cache_dir(), help="stage-1 classifier cache")
-    p.add_argument("--set", action="append", default=[], metavar="OWNER.KEY=VALUE",
-                   help="override a method or dataset setting, e.g. --set synth-objects.image_size=64")
-    _add_scale_out(p)
+    _add_run_flags(p, set_help="override a method or dataset setting, e.g. --set synth-objects.image_size=64")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sweep", help="one method or dataset setting over several values, chosen on the validation "
@@ -336,34 +347,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", help="comma-separated method names (default: the owner, when it is a method)")
     p.add_argument("--datasets", help="comma-separated dataset names (default: the owner, when it is a dataset; "
                                       "else every available dataset the methods run on)")
-    p.add_argument("--seeds", help="comma-separated seeds (default 0,1,2)")
-    p.add_argument("--budget", default="quick", help="smoke | quick | paper (default quick)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when visible, else cpu)")
-    p.add_argument("--backbone", default="small-cnn")
-    p.add_argument("--weights", help="local backbone weights file (torchvision state-dict layout)")
-    p.add_argument("--data-root", type=Path, default=_default_data_root())
-    p.add_argument("--cache-dir", type=Path, default=_default_cache_dir(), help="stage-1 classifier cache")
-    p.add_argument("--set", action="append", default=[], metavar="OWNER.KEY=VALUE",
-                   help="other settings, fixed for every value")
     p.add_argument("--out", type=Path, help="sweep folder (default leaderboard/sweeps/OWNER.KEY): one result folder "
                                             "per value and README.md, the tables")
-    _add_scale_out(p)
-    p.set_defaults(func=cmd_sweep)
+    _add_run_flags(p, results=False, set_help="other settings, fixed for every value")
+    p.set_defaults(func=cmd_sweep, results=None)
 
-    p = sub.add_parser("submit", help="run one new method file under the protocol, validate and table its entries")
+    p = sub.add_parser("submit", help="run one new method file under the protocol, validate and table its entries "
+                                      "(imports and runs the file: it is code)")
     p.add_argument("file", type=Path, help="the method's plugin file, e.g. methods/mine.py (one registered method)")
-    p.add_argument("--budget", help="NOT the protocol: smoke/tests only (default: the protocol's budget, quick); "
-                                    "entries and table rows are then marked off-protocol")
-    p.add_argument("--seeds", help="NOT the protocol (default: the protocol's seeds 0,1,2); marked off-protocol")
-    p.add_argument("--set", action="append", default=[], metavar="OWNER.KEY=VALUE",
-                   help="NOT the protocol: a dataset or method setting (tests); marked off-protocol")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when visible, else cpu)")
-    p.add_argument("--backbone", default="small-cnn")
-    p.add_argument("--weights", help="local backbone weights file (torchvision state-dict layout)")
-    p.add_argument("--data-root", type=Path, default=_default_data_root())
-    p.add_argument("--results", type=Path, default=REPO_ROOT / "leaderboard" / "results")
-    p.add_argument("--cache-dir", type=Path, default=_default_cache_dir())
-    _add_scale_out(p)
+    _add_run_flags(p, budget_default=None,
+                   budget_help="NOT the protocol: smoke/tests only (default: the protocol's budget, quick); entries "
+                               "and table rows are then marked off-protocol",
+                   seeds_help="NOT the protocol (default: the protocol's seeds 0,1,2); marked off-protocol",
+                   set_help="NOT the protocol: a dataset or method setting (tests); marked off-protocol")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("leaderboard", help="regenerate leaderboard/README.md and results.csv, or --check the entries")
@@ -422,12 +418,24 @@ def _jobs(value: str) -> int | None:
     return jobs
 
 
-def _cell_threads(args, device: torch.device) -> int | None:
-    from bench.launch import default_cell_threads
-
-    if args.threads is not None or args.launcher != "inline":
-        return args.threads
-    return default_cell_threads(device)
+def _add_run_flags(p: argparse.ArgumentParser, *, results: bool = True, budget_default: str | None = "quick",
+                   budget_help: str = "smoke | quick | paper (default quick)",
+                   seeds_help: str = "comma-separated seeds (default 0,1,2)", set_help: str = "") -> None:
+    """The flags every command that runs cells shares (run, sweep, submit): one RunSettings."""
+    p.add_argument("--seeds", help=seeds_help)
+    p.add_argument("--budget", default=budget_default, help=budget_help)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when visible, else cpu)")
+    p.add_argument("--backbone", default="small-cnn")
+    p.add_argument("--weights", help="local backbone weights file (torchvision state-dict layout)")
+    p.add_argument("--data-root", type=Path, default=_default_data_root(),
+                   help="where datasets live and the synthetic suite is generated (env WSOLBENCH_DATA)")
+    if results:
+        p.add_argument("--results", type=Path, default=REPO_ROOT / "leaderboard" / "results",
+                       help="result folder; tables are written beside it")
+    p.add_argument("--cache-dir", type=Path, default=_default_cache_dir(),
+                   help="stage-1 classifier cache (env WSOLBENCH_CACHE)")
+    p.add_argument("--set", action="append", default=[], metavar="OWNER.KEY=VALUE", help=set_help)
+    _add_scale_out(p)
 
 
 def _add_scale_out(p: argparse.ArgumentParser) -> None:

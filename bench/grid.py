@@ -1,46 +1,53 @@
 """The grid: methods x datasets x seeds, resumable."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from tqdm.auto import tqdm
-
-from bench.config import Budget, apply_overrides, config_hash
+from bench.config import apply_overrides, config_hash
 from bench.entries import RESULT_SCHEMA, entry_checksum, method_file_sha256
 from bench.registry import all_datasets, all_methods, get_dataset, get_method
-from bench.runner import cell_config, result_path, run_cell
+from bench.runner import cell_config, result_path
+from bench.settings import DEFAULT_SEEDS, PROTOCOL_BUDGET, RunSettings  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
-DEFAULT_SEEDS = (0, 1, 2)
-PROTOCOL_BUDGET = "quick"  # the leaderboard's budget: `bench submit` runs at it
 
 
-@dataclass
+@dataclass(frozen=True)
 class Cell:
-    method_cls: type
-    method_cfg: object
-    dataset: object
+    """One cell as plain data: method and dataset names, the seed, the `--set` overrides that
+    concern them and the cell's own result folder. The grid resumes it, a worker process or a
+    cluster task receives it as it is, and `build` makes its plugins from the registry (so only
+    registered plugins run, wherever the cell goes)."""
+
+    method: str
+    dataset: str
     seed: int
-    overrides: dict = field(default_factory=dict)  # the --set flags of this method and dataset
-    results_dir: Path | None = None  # this cell's own result folder (None: the grid's); `bench sweep`: the value's
+    overrides: dict = field(default_factory=dict)  # {"<method>": {key: value}, "<dataset>": {key: value}}
+    results_dir: str | None = None  # None: the run's results folder; `bench sweep`: the value's
 
-    def results_in(self, grid_results_dir: Path) -> Path:
-        """The folder this cell's result goes to in a grid writing to `grid_results_dir`."""
-        return Path(self.results_dir) if self.results_dir is not None else Path(grid_results_dir)
+    def build(self):
+        """(method class, method config, dataset instance): the defaults plus the overrides."""
+        mcls, dcls = get_method(self.method), get_dataset(self.dataset)
+        mcfg = apply_overrides(mcls.Config(), self.overrides.get(self.method, {}), self.method)
+        dataset = dcls(apply_overrides(dcls.Config(), self.overrides.get(self.dataset, {}), self.dataset))
+        return mcls, mcfg, dataset
 
-    def result_file(self, grid_results_dir: Path) -> Path:
-        return result_path(self.results_in(grid_results_dir), self.dataset.name, self.method_cls.name, self.seed)
+    def results_in(self, settings) -> Path:
+        """The folder this cell's result goes to."""
+        return Path(self.results_dir) if self.results_dir is not None else Path(settings.results_dir)
+
+    def result_file(self, settings) -> Path:
+        return result_path(self.results_in(settings), self.dataset, self.method, self.seed)
 
     @property
     def label(self) -> str:
-        from bench.launch import cell_label
-
-        return cell_label(self.dataset.name, self.method_cls.name, self.seed, self.results_dir)
+        """"<dataset>/<method>/seed<k>", prefixed by the name of the cell's own result folder if it
+        has one (a sweep's value: "joint_weight=0.03/synth-video/colocam/seed0")."""
+        label = f"{self.dataset}/{self.method}/seed{self.seed}"
+        return f"{Path(self.results_dir).name}/{label}" if self.results_dir is not None else label
 
 
 @dataclass
@@ -52,10 +59,11 @@ class GridReport:
     submitted: list = field(default_factory=list)  # cells handed to a cluster (not waited for)
 
 
-def build_cells(methods: list[str] | None, datasets: list[str] | None, seeds, budget: Budget, data_root: Path,
+def build_cells(methods: list[str] | None, datasets: list[str] | None, settings: RunSettings,
                 overrides: dict[str, dict[str, str]] | None = None) -> tuple[list[Cell], list[tuple[str, str]]]:
-    """Cells to run and (what, why) for everything skipped. Named datasets must exist; with
-    `datasets=None` (--all) a dataset missing from disk is skipped with one line."""
+    """Cells to run (every seed of `settings`) and (what, why) for everything skipped. Named
+    datasets must exist under `settings.data_root`; with `datasets=None` (--all) a dataset
+    missing from disk is skipped with one line."""
     overrides = overrides or {}
     method_classes = [get_method(m) for m in methods] if methods else list(all_methods().values())
     dataset_classes = [get_dataset(d) for d in datasets] if datasets else list(all_datasets().values())
@@ -66,7 +74,7 @@ def build_cells(methods: list[str] | None, datasets: list[str] | None, seeds, bu
     cells: list[Cell] = []
     for dcls in dataset_classes:
         dataset = dcls(apply_overrides(dcls.Config(), overrides.get(dcls.name, {}), dcls.name))
-        why = dataset.missing(data_root)
+        why = dataset.missing(settings.data_root)
         if why is not None:
             if datasets:
                 raise FileNotFoundError(why)
@@ -77,9 +85,9 @@ def build_cells(methods: list[str] | None, datasets: list[str] | None, seeds, bu
             if reason:
                 skipped.append((f"{mcls.name} x {dcls.name}", reason))
                 continue
-            mcfg = apply_overrides(mcls.Config(), overrides.get(mcls.name, {}), mcls.name)
+            apply_overrides(mcls.Config(), overrides.get(mcls.name, {}), mcls.name)  # bad keys fail here, not in a worker
             mine = {o: dict(kv) for o, kv in overrides.items() if o in (mcls.name, dcls.name)}
-            cells.extend(Cell(mcls, mcfg, dataset, seed, mine) for seed in seeds)
+            cells.extend(Cell(mcls.name, dcls.name, seed, mine) for seed in settings.seeds)
     return cells, skipped
 
 
@@ -107,83 +115,41 @@ def _sweep_orphans(path: Path) -> None:
         orphan.unlink(missing_ok=True)
 
 
-def run_grid(cells: list[Cell], budget: Budget, *, data_root: Path, results_dir: Path, cache_dir: Path,
-             device: torch.device, backbone: str = "small-cnn", weights=None, jobs: int | None = 1,
-             launcher: str = "inline", slurm=None, wait: bool = True, submission: dict | None = None,
-             threads: int | None = None, task_tables: bool = True) -> GridReport:
-    """Run every unfinished cell: in this process (`jobs=1`), in `jobs` local worker processes
-    (`None`: `bench.launch.auto_jobs`, one per core or GPU), or as a submitit job array
-    (`launcher` "slurm" or "local", resources from `slurm`, a `bench.launch.SlurmConfig`).
-    Finished cells (same config hash) are skipped.
-
-    `threads`: torch threads per cell (default: this process's threads split among the local
-    workers; a cluster task's cpus). CPU float reductions depend on the thread count, so
-    results are bit-identical across `jobs` values at equal `threads`.
-
-    `task_tables`: a cluster task regenerates the leaderboard tables beside `results_dir`
-    after its cell (False where the caller writes its own tables there: `bench sweep`)."""
+def run_grid(cells: list[Cell], settings: RunSettings) -> GridReport:
+    """Run every unfinished cell through `bench.launch.execute`: in this process
+    (`settings.jobs` 1), in local worker processes (`jobs` N, or None: one per core or GPU), or
+    as a submitit job array (`launcher` "slurm" or "local"). Finished cells (same config hash,
+    intact, written by the method file as it is) are skipped. At equal `settings.threads`,
+    results do not depend on `jobs` (CPU float reductions depend on the thread count)."""
     from bench import launch
 
-    if launcher not in launch.LAUNCHERS:
-        raise ValueError(f"--launcher {launcher!r}: known launchers: {', '.join(launch.LAUNCHERS)}")
-    if jobs is not None and jobs < 1:
-        raise ValueError(f"--jobs {jobs}: needs at least 1")
     report = GridReport([], [], [], [])
     todo = []
     for cell in cells:
-        cfg = cell_config(cell.method_cls, cell.method_cfg, cell.dataset, budget, cell.seed, backbone, weights)
-        path = cell.result_file(results_dir)
-        if is_finished(path, config_hash(cfg), method_file_sha256(cell.method_cls)):
+        method_cls, method_cfg, dataset = cell.build()
+        cfg = cell_config(method_cls, method_cfg, dataset, cell.seed, settings)
+        path = cell.result_file(settings)
+        if is_finished(path, config_hash(cfg), method_file_sha256(method_cls)):
             report.resumed.append(path)
         else:
-            todo.append(cell)
-    if threads is not None and threads < 1:
-        raise ValueError(f"--threads {threads}: needs at least 1")
-    if jobs is None:
-        jobs = launch.auto_jobs(torch.device(device), len(todo))
-    if launcher == "inline" and jobs == 1:
-        if threads:
-            torch.set_num_threads(threads)
-        _run_inline(todo, report, budget, data_root=data_root, results_dir=results_dir, cache_dir=cache_dir,
-                    device=device, backbone=backbone, weights=weights, submission=submission)
-        return report
-    specs = [launch.spec_of(cell) for cell in todo]
+            todo.append((cell, dataset))
     prepared = set()
-    for cell in todo:  # once, here, before any worker reads the data
-        if cell.dataset.name not in prepared:
-            cell.dataset.prepare(data_root)
-            prepared.add(cell.dataset.name)
-    for cell in todo:
-        _sweep_orphans(cell.result_file(results_dir))
-    opts = launch.options(budget, data_root=data_root, results_dir=results_dir, cache_dir=cache_dir, device=device,
-                          backbone=backbone, weights=weights, submission=submission)
-    if not specs:
+    for cell, dataset in todo:  # once, here, before any worker reads the data
+        if cell.dataset not in prepared:
+            dataset.prepare(settings.data_root)
+            prepared.add(cell.dataset)
+        _sweep_orphans(cell.result_file(settings))
+    todo = [cell for cell, _ in todo]
+    if not todo:
         return report
-    if launcher == "inline":
-        summaries = launch.run_local_pool(specs, dataclasses.replace(opts, threads=threads), jobs)
+    jobs = settings.jobs or launch.auto_jobs(settings.torch_device, len(todo))
+    if settings.launcher == "inline" and jobs == 1:
+        summaries = launch.run_inline(todo, settings)
+    elif settings.launcher == "inline":
+        summaries = launch.run_local_pool(todo, settings, jobs)
     else:
-        task_opts = dataclasses.replace(opts, threads=threads, write_tables=task_tables)
-        summaries = launch.run_submitit(specs, task_opts, "slurm" if launcher == "slurm" else "local",
-                                        slurm or launch.SlurmConfig(), wait)
-    order = {s.label: i for i, s in enumerate(specs)}
+        summaries = launch.run_submitit(todo, settings)
+    order = {c.label: i for i, c in enumerate(todo)}
     for summary in sorted(summaries, key=lambda s: order[s["label"]]):
         {"ok": report.ran, "submitted": report.submitted}.get(summary["status"], report.failed).append(summary["label"])
     return report
-
-
-def _run_inline(todo: list[Cell], report: GridReport, budget: Budget, *, data_root, results_dir, cache_dir, device,
-                backbone, weights, submission) -> None:
-    prepared = set()
-    with tqdm(total=len(todo), desc="grid", unit="cell", dynamic_ncols=True) as bar:
-        for cell in todo:
-            label = cell.label
-            bar.set_postfix_str(label)
-            if cell.dataset.name not in prepared:
-                cell.dataset.prepare(data_root)
-                prepared.add(cell.dataset.name)
-            _sweep_orphans(cell.result_file(results_dir))
-            record = run_cell(cell.method_cls, cell.method_cfg, cell.dataset, budget, cell.seed, data_root=data_root,
-                              results_dir=cell.results_in(results_dir), cache_dir=cache_dir, device=device,
-                              backbone=backbone, weights=weights, submission=submission)
-            (report.ran if record["status"] == "ok" else report.failed).append(label)
-            bar.update(1)

@@ -2,9 +2,9 @@
 (`--jobs N`, the standard library's process pool) or a SLURM job array through submitit
 (`--launcher slurm`; `--launcher local` is submitit's local executor, for tests).
 
-Cells cross process boundaries as `CellSpec`s: plain names, a seed and the `--set` overrides
-that concern them, never plugin classes (plugins are loaded by path, so a worker rebuilds the
-method and dataset from the registry exactly as `build_cells` did). Each cell seeds itself and
+Cells cross process boundaries as they are (`bench.grid.Cell`: plain names, a seed and the
+`--set` overrides that concern them, never plugin classes: plugins are loaded by path, so a
+worker builds the method and dataset from the registry), with the run's `RunSettings`. Each cell seeds itself and
 the shared stage-1 classifier is trained by one process under a file lock, so the results do
 not depend on the number of workers or on the order cells finish in.
 """
@@ -13,8 +13,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import ctypes
-import dataclasses
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -22,112 +20,52 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from bench.config import Budget, apply_overrides, config_hash, to_jsonable
+from bench.settings import LAUNCHERS, RunSettings, SlurmConfig, load_slurm_config  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
-LAUNCHERS = ("inline", "slurm", "local")
 
 
-@dataclass(frozen=True)
-class CellSpec:
-    """One cell as plain data: what a worker process or a cluster task needs to rebuild it."""
-
-    method: str
-    dataset: str
-    seed: int
-    overrides: dict  # {"<method>": {key: value}, "<dataset>": {key: value}}: the --set flags for this cell
-    results_dir: str | None = None  # this cell's own result folder (None: the grid's, RunOptions.results_dir)
-
-    @property
-    def label(self) -> str:
-        return cell_label(self.dataset, self.method, self.seed, self.results_dir)
-
-
-def cell_label(dataset: str, method: str, seed: int, results_dir=None) -> str:
-    """"<dataset>/<method>/seed<k>", prefixed by the name of the cell's own result folder if it
-    has one (a sweep's value: "joint_weight=0.03/synth-video/colocam/seed0")."""
-    label = f"{dataset}/{method}/seed{seed}"
-    return f"{Path(results_dir).name}/{label}" if results_dir is not None else label
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """Everything besides the cell that `run_cell` needs, picklable."""
-
-    budget: Budget
-    data_root: Path
-    results_dir: Path
-    cache_dir: Path
-    device: str
-    backbone: str = "small-cnn"
-    weights: str | None = None
-    submission: dict | None = None
-    plugins: str = ""  # WSOLBENCH_PLUGINS of the submitting process
-    threads: int | None = None  # torch threads in the worker (None: torch's default)
-    write_tables: bool = False  # regenerate the tables after the cell (cluster tasks)
-
-
-def spec_of(cell) -> CellSpec:
-    """The plain-data form of a `bench.grid.Cell`; only registered plugins can be rebuilt."""
-    from bench.registry import all_datasets, all_methods
-
-    own_dir = getattr(cell, "results_dir", None)
-    spec = CellSpec(cell.method_cls.name, cell.dataset.name, cell.seed, dict(getattr(cell, "overrides", {}) or {}),
-                    None if own_dir is None else str(own_dir))
-    if all_methods().get(spec.method) is not cell.method_cls:
-        raise ValueError(f"cell {spec.label}: method class {cell.method_cls.__qualname__} is not the registered "
-                         f"{spec.method!r}; worker processes rebuild cells from the registry (put it in a plugin file)")
-    if all_datasets().get(spec.dataset) is not type(cell.dataset):
-        raise ValueError(f"cell {spec.label}: dataset class {type(cell.dataset).__qualname__} is not the registered "
-                         f"{spec.dataset!r}; worker processes rebuild cells from the registry")
-    method_cls, method_cfg, dataset = rebuild(spec)
-    if config_hash(method_cfg) != config_hash(cell.method_cfg) or config_hash(dataset.cfg) != config_hash(cell.dataset.cfg):
-        raise ValueError(f"cell {spec.label}: its configuration is not its defaults plus its --set overrides, so a "
-                         f"worker could not rebuild it")
-    return spec
-
-
-def rebuild(spec: CellSpec):
-    """(method class, method config, dataset instance) of a spec, from the registry."""
-    from bench.registry import get_dataset, get_method
-
-    mcls, dcls = get_method(spec.method), get_dataset(spec.dataset)
-    mcfg = apply_overrides(mcls.Config(), spec.overrides.get(spec.method, {}), spec.method)
-    dataset = dcls(apply_overrides(dcls.Config(), spec.overrides.get(spec.dataset, {}), spec.dataset))
-    return mcls, mcfg, dataset
-
-
-def execute(spec: CellSpec, opts: RunOptions, device: str | None = None) -> dict:
-    """Run one cell in this process (a pool worker or a cluster task); returns a short summary."""
-    if opts.plugins:
-        os.environ["WSOLBENCH_PLUGINS"] = opts.plugins
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
+def execute(cell, settings: RunSettings, device: str | None = None) -> dict:
+    """Run one cell in this process (inline, a pool worker or a cluster task, all alike) and
+    return a short summary; `device` is the one a pool worker was handed."""
+    if settings.plugins:
+        os.environ["WSOLBENCH_PLUGINS"] = settings.plugins
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    if device is not None:
+        settings = settings.replace(device=device)
     from bench.runner import run_cell
 
-    method_cls, method_cfg, dataset = rebuild(spec)
-    results_dir = Path(spec.results_dir) if spec.results_dir is not None else opts.results_dir
-    record = run_cell(method_cls, method_cfg, dataset, opts.budget, spec.seed, data_root=opts.data_root,
-                      results_dir=results_dir, cache_dir=opts.cache_dir, device=torch.device(device or opts.device),
-                      backbone=opts.backbone, weights=opts.weights, submission=opts.submission)
-    if opts.write_tables:
+    record = run_cell(cell, settings)
+    if settings.launcher != "inline" and settings.task_tables:
         from bench.leaderboard import write_leaderboard
 
+        results_dir = cell.results_in(settings)
         write_leaderboard(results_dir, results_dir.parent)
-    return {"label": spec.label, "status": record["status"], "error": record.get("error")}
+    return {"label": cell.label, "status": record["status"], "error": record.get("error")}
 
 
-def interleave(specs: list[CellSpec]) -> list[CellSpec]:
+def run_inline(cells: list, settings: RunSettings) -> list[dict]:
+    """The cells one after the other in this process."""
+    summaries = []
+    with tqdm(total=len(cells), desc="grid", unit="cell", dynamic_ncols=True) as bar:
+        for cell in cells:
+            bar.set_postfix_str(cell.label)
+            summaries.append(execute(cell, settings))
+            bar.update(1)
+    return summaries
+
+
+def interleave(cells: list) -> list:
     """Round-robin over (dataset, seed) groups, keeping each group's order: the first cells
     handed to N workers need different stage-1 classifiers, so no worker waits for another's."""
-    groups: dict[tuple, list[CellSpec]] = {}
-    for s in specs:
+    groups: dict[tuple, list] = {}
+    for s in cells:
         groups.setdefault((s.dataset, s.seed), []).append(s)
     out, queues = [], list(groups.values())
     while queues:
@@ -185,8 +123,8 @@ def _quiet_children():
             os.environ["TQDM_DISABLE"] = before
 
 
-def _pool_task(spec: CellSpec, opts: RunOptions) -> dict:
-    return execute(spec, opts, device=_WORKER.get("device"))
+def _pool_task(cell, settings: RunSettings) -> dict:
+    return execute(cell, settings, device=_WORKER.get("device"))
 
 
 def worker_devices(device: torch.device, jobs: int) -> list[str]:
@@ -229,9 +167,9 @@ def cpu_threads_per_worker(jobs: int) -> int:
     return max(1, torch.get_num_threads() // jobs)
 
 
-def run_local_pool(specs: list[CellSpec], opts: RunOptions, jobs: int) -> list[dict]:
-    devices = worker_devices(torch.device(opts.device), jobs)
-    threads = opts.threads or cpu_threads_per_worker(jobs)
+def run_local_pool(cells: list, settings: RunSettings, jobs: int) -> list[dict]:
+    devices = worker_devices(settings.torch_device, jobs)
+    threads = settings.threads or cpu_threads_per_worker(jobs)
     ctx = mp.get_context("spawn")  # no fork of a process holding torch threads or CUDA
     slots = ctx.Queue()
     for i in range(jobs):
@@ -240,7 +178,7 @@ def run_local_pool(specs: list[CellSpec], opts: RunOptions, jobs: int) -> list[d
     summaries = []
     with _quiet_children(), cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
                                                    initargs=(slots, devices, threads, os.getpid())) as pool:
-        futures = {pool.submit(_pool_task, s, opts): s for s in interleave(specs)}
+        futures = {pool.submit(_pool_task, c, settings): c for c in interleave(cells)}
         try:
             with tqdm(total=len(futures), desc=f"grid (--jobs {jobs})", unit="cell", dynamic_ncols=True) as bar:
                 for future in cf.as_completed(futures):
@@ -260,53 +198,6 @@ def run_local_pool(specs: list[CellSpec], opts: RunOptions, jobs: int) -> list[d
 
 # ---- SLURM through submitit --------------------------------------------------------------
 
-@dataclass(frozen=True)
-class SlurmConfig:
-    """Resources of one task of the job array (one cell per task)."""
-
-    partition: str | None = None
-    gpus_per_task: int = 1
-    cpus_per_task: int = 8
-    mem_gb: int | None = None
-    time_min: int = 240
-    array_parallelism: int = 64  # tasks of the array running at once
-    account: str | None = None
-    qos: str | None = None
-    log_dir: str | None = None  # submitit's folder (default: beside the results, submitit/)
-    additional: dict = field(default_factory=dict)  # other sbatch options, e.g. {"constraint": "a100"}
-
-
-def load_slurm_config(path: Path | None, flags: dict[str, str]) -> SlurmConfig:
-    """A SlurmConfig from a TOML or JSON file (keys = its fields) with `flags` (strings, from the
-    command line) applied over it; unknown keys are errors naming the file."""
-    cfg = SlurmConfig()
-    if path is not None:
-        path = Path(path)
-        try:
-            if path.suffix == ".toml":
-                try:
-                    import tomllib
-                except ImportError:  # Python 3.10
-                    raise ValueError(f"{path}: TOML needs Python 3.11+; write the settings as JSON") from None
-                data = tomllib.loads(path.read_text())
-            else:
-                data = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{path}: cannot read the SLURM config ({err})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a table of settings")
-        names = {f.name for f in fields(SlurmConfig)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"{path}: unknown SLURM setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        extra = data.pop("additional", {})
-        if not isinstance(extra, dict):
-            raise ValueError(f"{path}: 'additional' must be a table of sbatch options")
-        cfg = apply_overrides(cfg, {k: str(v) for k, v in data.items()}, str(path))
-        cfg = dataclasses.replace(cfg, additional=dict(extra))
-    return apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None}, "--launcher slurm")
-
-
 def _submitit():
     try:
         import submitit
@@ -315,12 +206,14 @@ def _submitit():
     return submitit
 
 
-def run_submitit(specs: list[CellSpec], opts: RunOptions, cluster: str, cfg: SlurmConfig, wait: bool) -> list[dict]:
-    """Submit one task per cell as a job array (`cluster` "slurm", or "local": submitit's local
-    executor). With `wait`, wait for every task and return their summaries; else return the
-    submitted jobs as summaries with status "submitted"."""
+def run_submitit(cells: list, settings: RunSettings) -> list[dict]:
+    """Submit one task per cell as a job array (`settings.launcher` "slurm", or "local":
+    submitit's local executor; resources from `settings.slurm`). With `settings.wait`, wait
+    for every task and return their summaries; else return the submitted jobs as summaries
+    with status "submitted"."""
     submitit = _submitit()
-    folder = Path(cfg.log_dir) if cfg.log_dir else Path(opts.results_dir).parent / "submitit"
+    cluster, cfg, wait = settings.launcher, settings.slurm or SlurmConfig(), settings.wait
+    folder = Path(cfg.log_dir) if cfg.log_dir else Path(settings.results_dir).parent / "submitit"
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
     params = {"name": "wsolbench", "timeout_min": cfg.time_min, "cpus_per_task": cfg.cpus_per_task,
               "gpus_per_node": cfg.gpus_per_task, "slurm_array_parallelism": cfg.array_parallelism}
@@ -332,22 +225,15 @@ def run_submitit(specs: list[CellSpec], opts: RunOptions, cluster: str, cfg: Slu
     if cfg.additional:
         params["slurm_additional_parameters"] = dict(cfg.additional)
     executor.update_parameters(**params)
-    task_opts = dataclasses.replace(opts, threads=opts.threads or cfg.cpus_per_task)
-    jobs = executor.map_array(execute, specs, [task_opts] * len(specs))
+    task_settings = settings.replace(threads=settings.threads or cfg.cpus_per_task)
+    jobs = executor.map_array(execute, cells, [task_settings] * len(cells))
     log.info("submitted %d tasks (%s); logs in %s", len(jobs), jobs[0].job_id if jobs else "-", folder)
     if not wait:
-        return [{"label": s.label, "status": "submitted", "job": j.job_id} for s, j in zip(specs, jobs)]
+        return [{"label": c.label, "status": "submitted", "job": j.job_id} for c, j in zip(cells, jobs)]
     summaries = []
-    for spec, job in tqdm(list(zip(specs, jobs)), desc=f"grid ({cluster} array)", unit="cell", dynamic_ncols=True):
+    for spec, job in tqdm(list(zip(cells, jobs)), desc=f"grid ({cluster} array)", unit="cell", dynamic_ncols=True):
         try:
             summaries.append(job.result())
         except Exception as err:  # the task died (timeout, preemption, out of memory): rerun to resume
             summaries.append({"label": spec.label, "status": "failed", "error": f"{type(err).__name__}: {err}"})
     return summaries
-
-
-def options(budget: Budget, *, data_root, results_dir, cache_dir, device, backbone, weights, submission) -> RunOptions:
-    return RunOptions(budget=budget, data_root=Path(data_root), results_dir=Path(results_dir), cache_dir=Path(cache_dir),
-                      device=str(device), backbone=backbone, weights=weights,
-                      submission=to_jsonable(submission) if submission else None,
-                      plugins=os.environ.get("WSOLBENCH_PLUGINS", ""))

@@ -36,7 +36,7 @@ class Registry(Mapping):
         if previous is not None and getattr(previous, "__qualname__", None) != getattr(obj, "__qualname__", None):
             raise ValueError(f"{self.kind} name {name!r} registered twice: {getattr(previous, '__module__', '?')} and "
                              f"{getattr(obj, '__module__', '?')}")
-        if isinstance(obj, type):
+        if isinstance(obj, type) and "source_file" not in vars(obj):  # the plugin file, hashed into entries
             obj.source_file = getattr(sys.modules.get(obj.__module__), "__file__", None)
         self._table[name] = obj
         return obj

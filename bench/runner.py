@@ -17,13 +17,15 @@ import numpy as np
 import torch
 
 import bench
-from bench.config import Budget, config_hash, resolve_budget, to_jsonable
 from bench.artifacts import SampleCollector, sample_indices, write_artifacts
+from bench.config import Budget, config_hash, resolve_budget, to_jsonable
 from bench.entries import RESULT_SCHEMA, file_sha256, method_file_sha256, write_entry
 from bench.io import atomic_torch_save, file_lock, results_lock
 from bench.metrics import BoxEvaluator, CorLocEvaluator, MaskEvaluator, Top1Cls, normalize_scoremaps
 from bench.models import WSOLNet, build_classifier
-from bench.method.training import make_loader, train
+from bench.dataset import make_loader
+from bench.method.training import train
+from bench.settings import RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +71,32 @@ def device_name(device: torch.device) -> str:
 
 @dataclass
 class RunContext:
-    """What a method gets besides its data: device, budget, seed, caches, the dataset plugin."""
+    """What a method gets besides its data: the run's settings, this cell's budget (resolved
+    for its dataset and backbone), seed, device and dataset plugin, the stage-1 classifier."""
 
-    device: torch.device
+    settings: RunSettings
     budget: Budget
     seed: int
-    cache_dir: Path
     dataset: object  # the Dataset plugin instance
     splits: object  # bench.dataset.Splits
-    backbone: str = "small-cnn"
-    weights: str | None = None  # local backbone weights file
     timings: dict = field(default_factory=dict)
     log: logging.Logger = log
+
+    @property
+    def device(self) -> torch.device:
+        return self.settings.torch_device
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.settings.cache_dir
+
+    @property
+    def backbone(self) -> str:
+        return self.settings.backbone
+
+    @property
+    def weights(self) -> str | None:
+        return self.settings.weights
 
     @property
     def num_classes(self) -> int:
@@ -129,7 +145,7 @@ class RunContext:
 
 def evaluate(method, split, dataset, budget: Budget, device: torch.device, tau: float | None = None,
              samples: SampleCollector | None = None) -> tuple[dict, dict]:
-    """Localize every image of `split` and compute its metrics (PROTOCOL.md §2).
+    """Localize every image of `split` and compute its metrics (docs/protocol.md, "Metrics").
     Returns (metrics, curves); `samples` keeps the maps of a few images for the report."""
     size = (dataset.eval_size, dataset.eval_size)
     with_boxes = getattr(split, "with_boxes", False)
@@ -177,42 +193,41 @@ def result_path(results_dir: Path, dataset: str, method: str, seed: int) -> Path
     return Path(results_dir) / dataset / method / f"seed{seed}.json"
 
 
-def cell_config(method_cls, method_cfg, dataset, budget: Budget, seed: int, backbone: str, weights) -> dict:
+def cell_config(method_cls, method_cfg, dataset, seed: int, settings: RunSettings) -> dict:
     """What a cell's result depends on (its hash resumes the grid); the budget as the cell trains
     with it (`resolve_budget`: the `paper` budget with the dataset's published schedules)."""
-    budget = resolve_budget(budget, dataset, backbone)
+    budget = resolve_budget(settings.budget, dataset, settings.backbone)
     return {"method": method_cls.name, "method_config": to_jsonable(method_cfg), "dataset": dataset.name,
             "dataset_config": to_jsonable(dataset.cfg), "budget": to_jsonable(budget), "seed": seed,
-            "backbone": backbone, "weights": file_sha256(weights)}
+            "backbone": settings.backbone, "weights": file_sha256(settings.weights)}
 
 
-def run_cell(method_cls, method_cfg, dataset, budget: Budget, seed: int, *, data_root: Path, results_dir: Path,
-             cache_dir: Path, device: torch.device, backbone: str = "small-cnn", weights=None,
-             submission: dict | None = None) -> dict:
-    """Run one cell and write its sealed entry (and its small artifacts for the report)
-    atomically; a failure is recorded, not raised. `submission` (from `bench submit`) is stored
-    in the entry: whether it ran under the protocol and, if not, why."""
-    budget = resolve_budget(budget, dataset, backbone)
-    config = cell_config(method_cls, method_cfg, dataset, budget, seed, backbone, weights)
+def run_cell(cell, settings: RunSettings) -> dict:
+    """Run one cell (a `bench.grid.Cell`) and write its sealed entry (and its small artifacts for
+    the report) atomically; a failure is recorded, not raised. `settings.submission` (from
+    `bench submit`) is stored in the entry: whether it ran under the protocol and, if not, why."""
+    method_cls, method_cfg, dataset = cell.build()
+    seed, device, results_dir = cell.seed, settings.torch_device, cell.results_in(settings)
+    budget = resolve_budget(settings.budget, dataset, settings.backbone)
+    config = cell_config(method_cls, method_cfg, dataset, seed, settings)
     path = result_path(results_dir, dataset.name, method_cls.name, seed)
     record = {
         "schema": RESULT_SCHEMA, "method": method_cls.name, "dataset": dataset.name, "seed": seed,
-        "budget": budget.name, "backbone": backbone, "task": dataset.task,
+        "budget": budget.name, "backbone": settings.backbone, "task": dataset.task,
         "primary_metric": dataset.primary_metric, "config": config, "config_hash": config_hash(config),
         "code_version": {"wsolbench": bench.__version__, "git": git_version(Path(__file__).parent.parent),
                          "method_file_sha256": method_file_sha256(method_cls)},
         "torch": torch.__version__, "device": device_name(device), "extension": bench.EXTENSION_FLAVOUR,
     }
-    if submission is not None:
-        record["submission"] = submission
+    if settings.submission is not None:
+        record["submission"] = settings.submission
     timings: dict = {}
     artifacts = None
     start = time.perf_counter()
     try:
         seed_everything(seed)
-        splits = dataset.splits(data_root, budget)
-        ctx = RunContext(device=device, budget=budget, seed=seed, cache_dir=Path(cache_dir), dataset=dataset,
-                         splits=splits, backbone=backbone, weights=weights, timings=timings)
+        splits = dataset.splits(settings.data_root, budget)
+        ctx = RunContext(settings=settings, budget=budget, seed=seed, dataset=dataset, splits=splits, timings=timings)
         method = method_cls(method_cfg)
         t0 = time.perf_counter()
         method.fit(splits.train, splits.val, ctx)

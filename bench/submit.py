@@ -65,8 +65,8 @@ class SubmissionResult:
         return not self.failed and not self.problems and bool(self.ran or self.resumed)
 
 
-def deviations_from_protocol(budget: str, seeds: list[int], overrides: dict) -> list[str]:
-    from bench.grid import DEFAULT_SEEDS, PROTOCOL_BUDGET
+def deviations_from_protocol(budget: str, seeds, overrides: dict) -> list[str]:
+    from bench.settings import DEFAULT_SEEDS, PROTOCOL_BUDGET
 
     out = []
     if budget != PROTOCOL_BUDGET:
@@ -78,31 +78,31 @@ def deviations_from_protocol(budget: str, seeds: list[int], overrides: dict) -> 
     return out
 
 
-def submit(path: Path, *, budget, seeds: list[int], overrides: dict, data_root: Path, results_dir: Path,
-           cache_dir: Path, device, backbone: str = "small-cnn", weights=None, jobs: int = 1,
-           launcher: str = "inline", slurm=None, threads: int | None = None) -> SubmissionResult:
+def submit(path: Path, settings, overrides: dict) -> SubmissionResult:
+    """Run the one method of the plugin file `path` (imported: it is code) on every compatible
+    dataset present with `settings` (a `bench.settings.RunSettings`), validate its entries and
+    regenerate the tables."""
     from bench.entries import check_entries
     from bench.grid import build_cells, run_grid
     from bench.leaderboard import write_leaderboard
 
     method = method_of_file(path)
-    result = SubmissionResult(method.name, deviations=deviations_from_protocol(budget.name, seeds, overrides))
+    result = SubmissionResult(method.name, deviations=deviations_from_protocol(settings.budget.name, settings.seeds,
+                                                                               overrides))
     unrelated = sorted(o for o in overrides if o != method.name and o not in _dataset_names())
     if unrelated:
         raise SubmissionError(f"--set names {', '.join(unrelated)}: a submission may only set its own method "
                               f"({method.name}) or a dataset")
-    cells, skipped = build_cells([method.name], None, seeds, budget, data_root, overrides)
+    cells, skipped = build_cells([method.name], None, settings, overrides)
     result.skipped = skipped
     if not cells:
         why = "; ".join(f"{what}: {reason}" for what, reason in skipped) or "no dataset registered"
         raise SubmissionError(f"{path}: {method.name} has no compatible dataset present ({why})")
     submission = {"file": _relative(Path(path)), "protocol": not result.deviations, "deviations": result.deviations}
-    report = run_grid(cells, budget, data_root=data_root, results_dir=results_dir, cache_dir=cache_dir, device=device,
-                      backbone=backbone, weights=weights, jobs=jobs, launcher=launcher, slurm=slurm, wait=True,
-                      submission=submission, threads=threads)
+    report = run_grid(cells, settings.replace(submission=submission, wait=True))
     result.ran, result.resumed, result.failed = report.ran, report.resumed, report.failed
-    result.problems = check_entries(results_dir, methods={method.name})
-    write_leaderboard(results_dir, Path(results_dir).parent)
+    result.problems = check_entries(settings.results_dir, methods={method.name})
+    write_leaderboard(settings.results_dir, settings.results_dir.parent)
     return result
 
 

@@ -1,13 +1,14 @@
 """Helpers to run the harness in-process on the small embedded datasets."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
-import torch
-
 from bench.config import BUDGETS, apply_overrides
-from bench.registry import get_dataset, get_method
+from bench.grid import Cell
+from bench.registry import METHODS, get_dataset
 from bench.runner import run_cell
+from bench.settings import RunSettings
 from tests.conftest import SMALL_DATASETS
 
 SMOKE = BUDGETS["smoke"]
@@ -18,12 +19,40 @@ def small_dataset(name: str):
     return cls(apply_overrides(cls.Config(), SMALL_DATASETS.get(name, {}), name))
 
 
+def smoke_settings(dirs: dict, results: Path | None = None, **changes) -> RunSettings:
+    """CPU, smoke budget, the test's data and cache folders."""
+    fields = dict(budget=SMOKE, data_root=dirs["data"], results_dir=results or dirs.get("results", Path("results")),
+                  cache_dir=dirs["cache"], device="cpu")
+    fields.update(changes)
+    return RunSettings(**fields)
+
+
+def settings_at(data_root: Path) -> RunSettings:
+    """Smoke settings on `data_root`, seed 0 (for building cells)."""
+    return smoke_settings({"data": data_root, "cache": Path(data_root) / "cache"}, seeds=(0,))
+
+
+@contextlib.contextmanager
+def registered(*method_classes):
+    """Test methods in the method registry for the block (cells name their plugins)."""
+    for cls in method_classes:
+        METHODS.register(cls)
+    try:
+        yield
+    finally:
+        for cls in method_classes:
+            METHODS.unregister(cls.name)
+
+
+def small_cell(method: str, dataset: str, seed: int) -> Cell:
+    return Cell(method, dataset, seed, {dataset: dict(SMALL_DATASETS[dataset])} if dataset in SMALL_DATASETS else {})
+
+
 def run_small_cell(method: str, dataset: str, seed: int, dirs: dict, results: Path, method_cls=None) -> dict:
-    ds = small_dataset(dataset)
-    ds.prepare(dirs["data"])
-    mcls = method_cls or get_method(method)
-    return run_cell(mcls, mcls.Config(), ds, SMOKE, seed, data_root=dirs["data"], results_dir=results,
-                    cache_dir=dirs["cache"], device=torch.device("cpu"))
+    small_dataset(dataset).prepare(dirs["data"])
+    with registered(*([method_cls] if method_cls is not None else [])):
+        return run_cell(small_cell(method_cls.name if method_cls else method, dataset, seed),
+                        smoke_settings(dirs, results))
 
 
 def tiny_cells(methods: list[str], datasets: list[str], seeds: list[int], data_root: Path):
@@ -31,13 +60,14 @@ def tiny_cells(methods: list[str], datasets: list[str], seeds: list[int], data_r
     from bench.grid import build_cells
 
     overrides = {d: SMALL_DATASETS[d] for d in datasets if d in SMALL_DATASETS}
-    return build_cells(methods, datasets, seeds, SMOKE, data_root, overrides)[0]
+    settings = RunSettings(budget=SMOKE, data_root=data_root, results_dir=Path("unused"), cache_dir=Path("unused"),
+                           seeds=tuple(seeds))
+    return build_cells(methods, datasets, settings, overrides)[0]
 
 
 def run_tiny_grid(methods: list[str], datasets: list[str], seeds: list[int], dirs: dict, results: Path, **kw):
-    """run_grid on tiny cells (CPU, smoke budget); keyword arguments go to run_grid."""
+    """run_grid on tiny cells (CPU, smoke budget); keyword arguments are RunSettings fields."""
     from bench.grid import run_grid
 
     cells = tiny_cells(methods, datasets, seeds, dirs["data"])
-    return run_grid(cells, SMOKE, data_root=dirs["data"], results_dir=results, cache_dir=dirs["cache"],
-                    device=torch.device("cpu"), **kw)
+    return run_grid(cells, smoke_settings(dirs, results, **kw))

@@ -17,7 +17,7 @@ from bench.method import Localization, Method
 from bench.registry import REPO_ROOT
 from bench.method.training import train
 from tests.conftest import set_flags
-from tests.harness import SMOKE, run_small_cell, small_dataset
+from tests.harness import SMOKE, registered, run_small_cell, small_cell, smoke_settings
 
 
 class Boom(Method):
@@ -51,12 +51,12 @@ def test_same_seed_gives_identical_metrics(shared_dirs, tmp_path):
 
 
 def test_failing_cells_are_recorded_and_the_grid_goes_on(shared_dirs, tmp_path):
-    ds = small_dataset("synth-objects")
-    cells = [Cell(Boom, Boom.Config(), ds, 0), Cell(NaNLoss, NaNLoss.Config(), ds, 0)]
-    cells += build_cells(["center"], ["synth-objects"], [0], SMOKE, shared_dirs["data"],
+    settings = smoke_settings(shared_dirs, tmp_path)
+    cells = [small_cell("boom", "synth-objects", 0), small_cell("nan-loss", "synth-objects", 0)]
+    cells += build_cells(["center"], ["synth-objects"], settings.replace(seeds=(0,)),
                          {"synth-objects": {"n_train": "12", "n_val": "2", "n_test": "4", "image_size": "64"}})[0]
-    report = run_grid(cells, SMOKE, data_root=shared_dirs["data"], results_dir=tmp_path, cache_dir=shared_dirs["cache"],
-                      device=torch.device("cpu"))
+    with registered(Boom, NaNLoss):
+        report = run_grid(cells, settings)
     assert report.failed == ["synth-objects/boom/seed0", "synth-objects/nan-loss/seed0"]
     assert report.ran == ["synth-objects/center/seed0"]
     boom = json.loads((tmp_path / "synth-objects" / "boom" / "seed0.json").read_text())
@@ -64,8 +64,8 @@ def test_failing_cells_are_recorded_and_the_grid_goes_on(shared_dirs, tmp_path):
     nan = json.loads((tmp_path / "synth-objects" / "nan-loss" / "seed0.json").read_text())
     assert nan["status"] == "failed" and "not finite" in nan["error"]
     # failed cells are retried on the next run, finished ones are not
-    again = run_grid(cells, SMOKE, data_root=shared_dirs["data"], results_dir=tmp_path, cache_dir=shared_dirs["cache"],
-                     device=torch.device("cpu"))
+    with registered(Boom, NaNLoss):
+        again = run_grid(cells, settings)
     assert len(again.resumed) == 1 and len(again.failed) == 2
 
 

@@ -13,6 +13,7 @@ from bench.data.check import check_dataset
 from bench.data.metadata import ImageRecord, write_split
 from bench.grid import build_cells
 from bench.registry import get_dataset
+from tests.harness import settings_at
 
 SMOKE = BUDGETS["smoke"]
 REAL = ("cub", "ilsvrc", "openimages", "glas", "camelyon16")
@@ -94,7 +95,7 @@ def test_tiny_tree_loads_through_splits(name, tmp_path):
 @pytest.mark.parametrize("name", REAL)
 def test_run_all_includes_present_and_skips_absent(name, tmp_path):
     root = write_tree(name, tmp_path)
-    cells, skipped = build_cells(None, None, [0], SMOKE, root)
+    cells, skipped = build_cells(None, None, settings_at(root))
     present = {c.dataset.name for c in cells}
     reasons = dict(skipped)
     assert name in present and name not in reasons
@@ -104,7 +105,7 @@ def test_run_all_includes_present_and_skips_absent(name, tmp_path):
             why = reasons[other]
             assert "\n" not in why and str(root / "metadata") in why
     with pytest.raises(FileNotFoundError, match="not found"):  # named explicitly: an error
-        build_cells(None, [next(o for o in REAL if o != name)], [0], SMOKE, root)
+        build_cells(None, [next(o for o in REAL if o != name)], settings_at(root))
 
 
 def test_histology_fold_is_selectable(tmp_path):

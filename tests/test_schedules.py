@@ -15,13 +15,18 @@ from bench.method import Localization, Method
 from bench.registry import REPO_ROOT, get_dataset, get_method
 from bench.runner import RunContext, cell_config, run_cell
 from bench.method.training import train
+from bench.settings import RunSettings
 
 SYNTHETIC = ("synth-objects", "synth-tissue", "synth-video")
 
 
+def _settings(budget, backbone: str = "small-cnn") -> RunSettings:
+    return RunSettings(budget=budget, data_root=Path("."), results_dir=Path("."), cache_dir=Path("."), backbone=backbone)
+
+
 def cam_cell_hash(budget: str, dataset: str, backbone: str = "small-cnn") -> str:
     cam = get_method("cam")
-    return config_hash(cell_config(cam, cam.Config(), get_dataset(dataset)(), get_budget(budget), 0, backbone, None))
+    return config_hash(cell_config(cam, cam.Config(), get_dataset(dataset)(), 0, _settings(get_budget(budget), backbone)))
 
 
 # Computed on main (2866aa7) before the papers' schedules existed: the committed leaderboard
@@ -46,15 +51,15 @@ def test_every_committed_result_keeps_its_hash():
     for path in entries:
         r = json.loads(path.read_text())
         method = get_method(r["method"])
-        config = cell_config(method, method.Config(), get_dataset(r["dataset"])(), get_budget(r["budget"]), r["seed"],
-                             r["backbone"], None)
+        config = cell_config(method, method.Config(), get_dataset(r["dataset"])(), r["seed"],
+                             _settings(get_budget(r["budget"]), r["backbone"]))
         assert config_hash(config) == r["config_hash"], path
 
 
 def test_generic_stage1_cache_keys_are_those_of_main():
     # the stage-1 classifier cache of a cosine run keeps its key (no retraining after the change)
-    ctx = RunContext(device=torch.device("cpu"), budget=get_budget("quick"), seed=0, cache_dir=Path("."),
-                     dataset=get_dataset("synth-objects")(), splits=None, backbone="resnet50")
+    ctx = RunContext(settings=_settings(get_budget("quick"), backbone="resnet50"), budget=get_budget("quick"), seed=0,
+                     dataset=get_dataset("synth-objects")(), splits=None)
     assert config_hash(ctx.stage1_key()) == "035572aa72a2005e"
 
 
@@ -127,8 +132,8 @@ def test_paper_cells_hash_their_resolved_schedule(monkeypatch):
 
 def test_stage1_cache_key_follows_the_step_decay():
     def key(budget):
-        ctx = RunContext(device=torch.device("cpu"), budget=budget, seed=0, cache_dir=Path("."),
-                         dataset=get_dataset("cub")(), splits=None, backbone="resnet50")
+        ctx = RunContext(settings=_settings(budget, backbone="resnet50"), budget=budget, seed=0,
+                         dataset=get_dataset("cub")(), splits=None)
         return config_hash(ctx.stage1_key())
 
     paper = resolve_budget(get_budget("paper"), get_dataset("cub")(), "resnet50")
@@ -193,9 +198,13 @@ def test_a_paper_cell_trains_and_records_its_resolved_budget(tmp_path):
 
     write_tree("glas", tmp_path / "data")
     small = replace(get_budget("paper"), input_size=16, crop_from=20, num_workers=0)
-    record = run_cell(Probe, Probe.Config(), get_dataset("glas")(), small, 0, data_root=tmp_path / "data",
-                      results_dir=tmp_path / "results", cache_dir=tmp_path / "cache", device=torch.device("cpu"),
-                      backbone="resnet50")
+    from bench.grid import Cell
+    from tests.harness import registered
+
+    with registered(Probe):
+        record = run_cell(Cell("probe", "glas", 0), RunSettings(
+            budget=small, data_root=tmp_path / "data", results_dir=tmp_path / "results", cache_dir=tmp_path / "cache",
+            backbone="resnet50"))
     assert record["status"] == "ok", record.get("error")
     budget = Probe.seen[-1]
     assert budget == resolve_budget(small, get_dataset("glas")(), "resnet50")

@@ -100,13 +100,13 @@ def test_a_cell_whose_method_file_changed_is_rerun(shared_dirs, tmp_path, monkey
     source = tmp_path / "constant.py"
     source.write_text("# version 1\n")
     monkeypatch.setattr(Constant, "source_file", str(source), raising=False)
-    ds = small_dataset("synth-objects")
-    ds.prepare(shared_dirs["data"])
-    cells = [Cell(Constant, Constant.Config(), ds, 0)]
+    from tests.harness import registered, small_cell, smoke_settings
+
+    cells = [small_cell("constant-test", "synth-objects", 0)]
 
     def grid():
-        return run_grid(cells, SMOKE, data_root=shared_dirs["data"], results_dir=tmp_path / "r",
-                        cache_dir=shared_dirs["cache"], device=torch.device("cpu"))
+        with registered(Constant):
+            return run_grid(cells, smoke_settings(shared_dirs, tmp_path / "r"))
 
     assert len(grid().ran) == 1
     assert len(grid().resumed) == 1
@@ -124,11 +124,12 @@ def test_cells_with_their_own_result_folders_run_in_one_grid(shared_dirs, tmp_pa
     from tests.harness import tiny_cells
 
     (cell,) = tiny_cells(["random"], ["synth-objects"], [0], shared_dirs["data"])
-    cells = [dataclasses.replace(cell, results_dir=tmp_path / f"v={v}") for v in (1, 2)]
+    from tests.harness import smoke_settings
+
+    cells = [dataclasses.replace(cell, results_dir=str(tmp_path / f"v={v}")) for v in (1, 2)]
 
     def grid():
-        return run_grid(cells, SMOKE, data_root=shared_dirs["data"], results_dir=tmp_path / "unused",
-                        cache_dir=shared_dirs["cache"], device=torch.device("cpu"), jobs=jobs)
+        return run_grid(cells, smoke_settings(shared_dirs, tmp_path / "unused", jobs=jobs))
 
     report = grid()
     assert sorted(report.ran) == ["v=1/synth-objects/random/seed0", "v=2/synth-objects/random/seed0"]

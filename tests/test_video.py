@@ -21,6 +21,7 @@ from bench.dataset import collate
 from bench.grid import build_cells
 from bench.metrics import BoxEvaluator, CorLocEvaluator
 from bench.registry import get_dataset
+from tests.harness import settings_at
 
 SMOKE = BUDGETS["smoke"]
 TINY = SynthVideoConfig(image_size=32, num_classes=2, frames_per_shot=4, n_train=2, n_val=1, n_test=2)
@@ -314,13 +315,13 @@ def test_yto_errors_name_file_and_line(tmp_path):
 
 def test_run_all_skips_absent_yto_with_one_line(tmp_path):
     root = write_yto_tree("ytov22", tmp_path)
-    cells, skipped = build_cells(["cam"], None, [0], SMOKE, root)
+    cells, skipped = build_cells(["cam"], None, settings_at(root))
     present = {c.dataset.name for c in cells}
     reasons = dict(skipped)
     assert "ytov22" in present and "ytov1" not in present
     assert "\n" not in reasons["ytov1"] and str(root / "metadata" / "YouTube-Objects-v1.0") in reasons["ytov1"]
     with pytest.raises(FileNotFoundError, match="not found"):
-        build_cells(["cam"], ["ytov1"], [0], SMOKE, root)
+        build_cells(["cam"], ["ytov1"], settings_at(root))
 
 
 def test_data_check_reads_the_yto_layout(tmp_path, capsys):
