@@ -198,7 +198,7 @@ def _cell_device(args, slurm) -> torch.device:
 def _slurm_config(args):
     if args.launcher == "inline":
         return None
-    from bench.launch import load_slurm_config
+    from bench.settings import load_slurm_config
 
     flags = {"partition": args.partition, "gpus_per_task": args.gpus_per_task, "cpus_per_task": args.cpus_per_task,
              "time_min": args.time_min, "mem_gb": args.mem_gb, "array_parallelism": args.array_parallelism,
@@ -450,7 +450,7 @@ def _add_scale_out(p: argparse.ArgumentParser) -> None:
     g.add_argument("--launcher", default="inline", choices=("inline", "slurm", "local"),
                    help="inline: this machine (with --jobs); slurm: a SLURM job array through submitit, one cell per "
                         "task; local: submitit's local executor (tests)")
-    g.add_argument("--slurm-config", type=Path, help="TOML or JSON file of SLURM settings (bench.launch.SlurmConfig)")
+    g.add_argument("--slurm-config", type=Path, help="TOML or JSON file of SLURM settings (bench.settings.SlurmConfig)")
     g.add_argument("--partition")
     g.add_argument("--gpus-per-task", type=int)
     g.add_argument("--cpus-per-task", type=int)

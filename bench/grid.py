@@ -10,7 +10,7 @@ from bench.config import apply_overrides, config_hash
 from bench.entries import RESULT_SCHEMA, entry_checksum, method_file_sha256
 from bench.registry import all_datasets, all_methods, get_dataset, get_method
 from bench.runner import cell_config, result_path
-from bench.settings import DEFAULT_SEEDS, PROTOCOL_BUDGET, RunSettings  # noqa: F401 (re-exported)
+from bench.settings import RunSettings
 
 log = logging.getLogger(__name__)
 

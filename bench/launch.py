@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from bench.settings import LAUNCHERS, RunSettings, SlurmConfig, load_slurm_config  # noqa: F401 (re-exported)
+from bench.settings import RunSettings, SlurmConfig
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ class Camelyon16(FoldedMetadataDataset):
     num_classes = 2
     negative_class = 0
     mask_threshold = 0
-    # PROTOCOL.md: train ~26.6k (per fold), valcl 6,642, valpx 10, test 15,664
+    # docs/protocol.md ("On-disk format"): train ~26.6k (per fold), valcl 6,642, valpx 10, test 15,664
     published_counts = {"train": (26550, 26649), "valcl": 6642, "valpx": 10, "test": 15664}
     # `paper` budget: no published Camelyon16 schedule was found (sbelharbi/negev's README has
     # GlaS commands only): the budget's generic settings.

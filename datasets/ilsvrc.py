@@ -21,7 +21,7 @@ class ILSVRC(MetadataDataset):
     metrics = ("MaxBoxAcc", "Top-1 Loc", "Top-1 Cls")
     num_classes = 1000
     eval_size = 224
-    # PROTOCOL.md gives train as 1.28M; 1,281,167 is the ILSVRC 2012 training set size.
+    # docs/protocol.md gives train as 1.28M; 1,281,167 is the ILSVRC 2012 training set size.
     published_counts = {"train": 1281167, "val": 10000, "test": 50000}
     # `paper` budget: no published ILSVRC schedule was found (clovaai/wsolevaluation gives its
     # per-backbone settings only in a linked spreadsheet): the budget's generic settings.

@@ -24,7 +24,7 @@ class YTOv1(VideoDataset):
     frame_dir = meta_name = "YouTube-Objects-v1.0"
     num_classes = len(YTO_CLASSES)
     class_names = YTO_CLASSES
-    # PROTOCOL.md §1: 2,768 train shots (no boxes), 325 val frames, 346 test frames (396 boxes)
+    # docs/protocol.md ("On-disk format"): 2,768 train shots (no boxes), 325 val frames, 346 test frames (396 boxes)
     published_counts = {"train": 2768, "val": 325, "test": 346}
     # `paper` budget: the CAM and TCAM commands of sbelharbi/tcam-wsol-video README.md (ResNet50,
     # batch 32, mixed precision): 100 epochs, lr x0.9 every 15, weight decay 1e-4, CAM at lr

@@ -23,7 +23,7 @@ class YTOv22(VideoDataset):
     frame_dir = meta_name = "YouTube-Objects-v2.2"
     num_classes = len(YTO_CLASSES)
     class_names = YTO_CLASSES
-    # PROTOCOL.md §1: 1,289 train shots, 1,177 val frames, 1,781 test frames (2,667 boxes)
+    # docs/protocol.md ("On-disk format"): 1,289 train shots, 1,177 val frames, 1,781 test frames (2,667 boxes)
     published_counts = {"train": 1289, "val": 1177, "test": 1781}
     # `paper` budget: no published YTOv2.2 schedule was found (sbelharbi/tcam-wsol-video's README
     # has YTOv1 commands only): the budget's generic settings.

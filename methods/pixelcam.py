@@ -20,7 +20,7 @@ class PixelCAMConfig:
     # frozen shared stage-1 classifier (the paper pairs PixelCAM with several, e.g. LayerCAM).
     seeder: str = "cam"
     pixel_weight: float = 1.0  # lambda of the seeds' partial cross-entropy (the released script: 1)
-    # Seeds (PROTOCOL.md section 3): Otsu ROI of the seeder's CAM, n_fg uniform foreground
+    # Seeds (docs/protocol.md, "Seeds"): Otsu ROI of the seeder's CAM, n_fg uniform foreground
     # pixels from it, n_bg uniform background pixels among the lowest bg_fraction of the CAM,
     # each dilated 3x3 on the feature grid, redrawn every minibatch. 5 + 5: the released script.
     n_fg: int = 5

@@ -6,7 +6,8 @@ import os
 import pytest
 
 from bench.grid import Cell
-from bench.launch import SlurmConfig, interleave, load_slurm_config
+from bench.launch import interleave
+from bench.settings import SlurmConfig, load_slurm_config
 from tests.harness import run_tiny_grid
 
 METHODS, DATASETS, SEEDS = ["cam", "center"], ["synth-objects", "synth-tissue"], [0, 1]

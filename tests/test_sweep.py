@@ -144,7 +144,7 @@ def test_committed_sweeps_are_valid_and_chose_the_current_default():
     leaderboard checks (so they were written by the method file as it is now) and the value
     it chooses on validation is the setting's default."""
     from bench.entries import check_entries
-    from bench.grid import DEFAULT_SEEDS
+    from bench.settings import DEFAULT_SEEDS
     from bench.registry import REPO_ROOT
 
     sweeps = sorted(p for p in (REPO_ROOT / "leaderboard" / "sweeps").glob("*") if p.is_dir())

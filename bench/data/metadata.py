@@ -1,4 +1,4 @@
-"""Reader of the field's metadata format (PROTOCOL.md §1).
+"""Reader of the field's metadata format (docs/protocol.md, "On-disk format").
 
 A split is a folder with image_ids.txt, class_labels.txt, image_sizes.txt and
 localization.txt; paths in them are relative to the image root. Every problem is reported

@@ -38,7 +38,6 @@ the output is byte-identical for a given config and independent of generation or
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -65,7 +64,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "SynthObjectsConfig", "SynthTissueConfig", "generate_objects", "generate_tissue",
-    "prepare", "GENERATORS", "PART_SHAPES", "SPLITS", "contact_sheet",
+    "prepare", "GENERATORS", "PART_SHAPES", "SPLITS",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -633,66 +632,3 @@ def prepare(name: str, root: Path, cfg=None, force: bool = False) -> Path:
 
 
 # ------------------------------------------------------------------ contact sheet
-def contact_sheet(root: Path, out: Path, names: Sequence[str] = tuple(GENERATORS),
-                  split: str = "test", per_class: int = 4, scale: int = 2) -> Path:
-    """A PNG grid: one row per (dataset, class), ``per_class`` images each, every image
-    shown next to a copy with its mask outlined in green and its box (if any) in red."""
-    root = Path(root)
-    rows = []
-    for name in names:
-        meta = root / "metadata" / name / split
-        labels = dict(l.split(",") for l in (meta / "class_labels.txt").read_text().split())
-        loc = {}
-        for l in (meta / "localization.txt").read_text().splitlines():
-            loc.setdefault(l.split(",")[0], []).append(l.split(",")[1:])
-        masks = {}
-        mfile = meta / ("localization_masks.txt" if name == "synth-objects" else "localization.txt")
-        for l in mfile.read_text().splitlines():
-            p, mp, _ = l.split(",")
-            masks[p] = mp
-        by_cls: Dict[int, list] = {}
-        for p, c in labels.items():
-            by_cls.setdefault(int(c), []).append(p)
-        for c in sorted(by_cls):
-            tiles = []
-            for p in by_cls[c][:per_class]:
-                img = np.asarray(Image.open(root / name / p).convert("RGB")).copy()
-                ann = img.copy()
-                if masks.get(p):
-                    m = np.asarray(Image.open(root / name / masks[p])) > 0
-                    edge = m & ~ndimage.binary_erosion(m)
-                    ann[edge] = (0, 255, 0)
-                for fields in loc.get(p, []):
-                    if len(fields) == 4:
-                        x0, y0, x1, y1 = map(int, fields)
-                        ann[y0, x0:x1 + 1] = ann[y1, x0:x1 + 1] = (255, 0, 0)
-                        ann[y0:y1 + 1, x0] = ann[y0:y1 + 1, x1] = (255, 0, 0)
-                tiles.append(np.concatenate([img, ann, np.full((img.shape[0], 2, 3), 255, np.uint8)], 1))
-            row = np.concatenate(tiles, 1)
-            rows.append(np.concatenate([row, np.full((4, row.shape[1], 3), 255, np.uint8)], 0))
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    sheet = Image.fromarray(np.concatenate(rows, 0))
-    sheet = sheet.resize((sheet.width * scale, sheet.height * scale), Image.NEAREST)
-    out = Path(out)
-    sheet.save(out)
-    return out
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    ap = argparse.ArgumentParser(description="generate the synthetic WSOL datasets")
-    ap.add_argument("root", type=Path)
-    ap.add_argument("--names", nargs="*", default=list(GENERATORS))
-    ap.add_argument("--force", action="store_true")
-    ap.add_argument("--sheet", type=Path, default=None, help="also write a contact sheet PNG")
-    args = ap.parse_args(argv)
-    for name in args.names:
-        t0 = time.perf_counter()
-        prepare(name, args.root, force=args.force)
-        print(f"{name}: {time.perf_counter() - t0:.1f} s")
-    if args.sheet:
-        print(contact_sheet(args.root, args.sheet, names=args.names))
-
-
-if __name__ == "__main__":
-    main()

@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 import numpy as np
-from PIL import Image
 
 from bench.data.synthetic import (DEFAULT_BACKGROUNDS, PART_SHAPES, SPLITS, _hsv_color, _jittered_photo, _part_mask,
                                   _prepare_dirs, _rng, _save_png, _to_u8, _u, _write_text)
@@ -389,37 +388,3 @@ def prepare_video(root: Path, cfg: Optional[SynthVideoConfig] = None, force: boo
     generate_video(root, cfg)
     log.info("generated %s in %.1f s", NAME, time.perf_counter() - start)
     return root
-
-
-def contact_sheet(root: Path, out: Path, split: str = "test", shots: int = 4) -> Path:
-    """A PNG: per class, `shots` shots (alternating slow/fast) as rows of frames, boxes in red."""
-    root = Path(root)
-    meta = root / "metadata" / NAME / split
-    boxes: dict[str, list[int]] = {}
-    if (meta / "localization.txt").is_file():
-        for line in (meta / "localization.txt").read_text().splitlines():
-            p, *c = line.split(",")
-            boxes[p] = [int(float(v)) for v in c]
-    shot_dirs = [line.split(",")[0] for line in (meta / "subsets.txt").read_text().splitlines()]
-    rows = []
-    by_class: dict[str, list[str]] = {}
-    for s in shot_dirs:
-        by_class.setdefault(s.split("/")[0], []).append(s)
-    for cls in sorted(by_class):
-        for s in by_class[cls][:shots]:
-            tiles = []
-            for f in sorted((root / NAME / s).glob("*.png")):
-                img = np.asarray(Image.open(f).convert("RGB")).copy()
-                b = boxes.get(f"{s}/{f.name}")
-                if b:
-                    x0, y0, x1, y1 = b
-                    img[y0, x0:x1 + 1] = img[y1, x0:x1 + 1] = (255, 0, 0)
-                    img[y0:y1 + 1, x0] = img[y0:y1 + 1, x1] = (255, 0, 0)
-                tiles.append(np.pad(img, ((1, 1), (1, 1), (0, 0)), constant_values=255))
-            rows.append(np.concatenate(tiles, 1))
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    sheet = Image.fromarray(np.concatenate(rows, 0))
-    sheet = sheet.resize((sheet.width * 2, sheet.height * 2), Image.NEAREST)
-    sheet.save(out)
-    return Path(out)

@@ -8,7 +8,7 @@ of image b, applied by the lattice (Kraehenbuehl's: not normalised, see the op's
 S_bk the probability map of class k. The constant term of the relaxation (sum_k 1^T W S_k) is
 dropped, as in the papers.
 
-Normalisation: PROTOCOL.md writes "/ N". In the seeds' reference implementation N is the
+Normalisation: docs/protocol.md ("Dense CRF loss") writes "/ N". In the seeds' reference implementation N is the
 *batch size* (the number of images), not the number of pixels, so the loss is a per-image sum
 over pixels averaged over the batch; we follow that (hence the tiny default weight 2e-9).
 

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SeededDecoderConfig:
-    """Defaults: F-CAM (Belharbi et al., WACV 2022) as described in PROTOCOL.md §3."""
+    """Defaults: F-CAM (Belharbi et al., WACV 2022) as summarised in docs/protocol.md ("Seeds")."""
 
     decoder_widths: tuple[int, ...] = (256, 128, 64, 32, 16)
     n_fg: int = 1  # foreground seeds per image (before 3x3 dilation)

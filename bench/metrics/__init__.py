@@ -1,4 +1,4 @@
-"""WSOL evaluation metrics (PROTOCOL.md §2): box accuracies (MaxBoxAcc, MaxBoxAccV2, Top-1 Loc)
+"""WSOL evaluation metrics (docs/protocol.md, "Metrics"): box accuracies (MaxBoxAcc, MaxBoxAccV2, Top-1 Loc)
 and mask metrics (PxAP, Dice, mIoU). Evaluators stream: `accumulate` per batch keeps only
 counts/histograms, `compute` turns them into percentages.
 

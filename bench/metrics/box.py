@@ -1,5 +1,5 @@
 """Box metrics: MaxBoxAcc (largest contour, IoU 0.5), MaxBoxAccV2 (all contours, mean over
-IoU thresholds), Top-1 Loc, following PROTOCOL.md §2 and the reference evaluator.
+IoU thresholds), Top-1 Loc, following docs/protocol.md ("Metrics") and the reference evaluator.
 
 Per image the op `bench.ops.region_boxes` gives correctness at each of the 256 uint8 levels;
 the evaluator keeps per-level counts only. A CAM threshold tau maps to level

@@ -1,5 +1,5 @@
 """Mask metrics: PxAP (pixel average precision), and Dice / mIoU at a CAM threshold, following
-PROTOCOL.md §2 and the reference evaluator.
+docs/protocol.md ("Metrics") and the reference evaluator.
 
 Histogram convention (the reference's): bin edges are `np.arange(0, 1, interval)` followed by
 1.0, 2.0, 3.0, bins are half-open `[e_i, e_{i+1})` (numpy.histogram; the last bin [2, 3] is

@@ -1,4 +1,4 @@
-"""CorLoc (PROTOCOL.md §2): the fraction of annotated frames whose box, taken from the largest
+"""CorLoc (docs/protocol.md, "Metrics"): the fraction of annotated frames whose box, taken from the largest
 region of the thresholded score map (MaxBoxAcc's box, `bench.ops.region_boxes` V1), has
 IoU >= 0.5 with a ground-truth box, maximised over the CAM threshold tau.
 

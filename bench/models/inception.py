@@ -1,4 +1,4 @@
-"""InceptionV3, WSOL variant (PROTOCOL.md §3), simplified: CAM features 1024 x H/8 x W/8.
+"""InceptionV3, WSOL variant (docs/protocol.md, "Backbones"), simplified: CAM features 1024 x H/8 x W/8.
 
 Kept from torchvision's `inception_v3` with the same parameter names (so its checkpoint loads
 strictly once `fc.*` and `AuxLogits.*` are dropped): the stem Conv2d_1a_3x3 .. Conv2d_4a_3x3,

@@ -1,4 +1,4 @@
-"""ResNet50, WSOL variant (PROTOCOL.md §3): layer3 and layer4 keep stride 1 (no dilation), so
+"""ResNet50, WSOL variant (docs/protocol.md, "Backbones"): layer3 and layer4 keep stride 1 (no dilation), so
 the CAM features are 2048 x H/8 x W/8 (28x28 at 224). Parameter names follow torchvision's
 ResNet-50 state dict (conv1, bn1, layer1..4 of bottlenecks with conv1..3, bn1..3 and
 downsample.0/.1), so its checkpoint loads strictly once `fc.*` is dropped. The 3x3 conv of a

@@ -1,4 +1,4 @@
-"""VGG16, WSOL variant (PROTOCOL.md §3; the CAM VGG of Choe et al. 2020): the 13 convolutions of
+"""VGG16, WSOL variant (docs/protocol.md, "Backbones"; the CAM VGG of Choe et al. 2020): the 13 convolutions of
 VGG16 without batch norm, the last two max-pools (after conv4_3 and conv5_3) removed, then a
 new `conv6` (3x3, 512 -> 1024, ReLU) whose output are the CAM features: 1024 x H/8 x W/8.
 

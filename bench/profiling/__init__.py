@@ -2,7 +2,7 @@
 
 Each module in this package registers one profile per op family with `@register_profile`:
 a function `(device: torch.device, size: str) -> list[ProfileTable]` where `size` is "full"
-(the sizes named in the issues) or "small" (seconds, for tests). Modules are discovered by
+(the sizes of the performance targets) or "small" (seconds, for tests). Modules are discovered by
 path, so adding an op's profile is adding one file here."""
 from __future__ import annotations
 

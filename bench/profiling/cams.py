@@ -1,11 +1,11 @@
 """Profile "cams": every registered post-hoc CAM method on one batch of images, in one table
-(ms per image). "full" is the issue's setting: ResNet50 (random weights), 256 images of
+(ms per image). "full" is the target's setting: ResNet50 (random weights), 256 images of
 224x224; "small" uses the small CNN on a few 64x64 images (seconds, for tests).
 
 A method whose cost grows with the channel count (ScoreCAM: one masked forward per channel,
 2048 on ResNet50) would take many minutes on all images; every method is first timed on one
 batch, and one whose full run would exceed TIME_BUDGET_S is timed on fewer images (whole
-batches), which the table says. The per-image figure is what the issue asks for either way."""
+batches), which the table says. The per-image figure is what the target is stated in either way."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -62,7 +62,7 @@ def profile_cams(device: torch.device, size: str) -> list[ProfileTable]:
     note = (f"{backbone}, {n_images} images of {side}x{side}, batches of {batch}, random weights, "
             f"{NUM_CLASSES} classes; median of {reps['repeat']} runs after {reps['warmup']} warm-up")
     notes = [note, "GFLOP: convolutions and matrix products of one image (torch.utils.flop_counter); "
-                   "TFLOP/s = GFLOP per image / ms per image. The issue's 2 ms per image needs GFLOP / 2 TFLOP/s"]
+                   "TFLOP/s = GFLOP per image / ms per image. The 2 ms per image target needs GFLOP / 2 TFLOP/s"]
     if device.type == "cuda":
         notes.append(f"default: the trunk below the CAM layer in {PostHocCAM.cuda_trunk_dtype} "
                      "(PostHocCAM.cuda_trunk_dtype), the CAM layer's output and everything after it in float32")

@@ -1,6 +1,6 @@
 """Profile "fcam-step": one F-CAM training step (frozen encoder forward, decoder forward and
 backward, seeds, losses, SGD step) with the dense CRF on, against the same step with the CRF
-switched off (issue 7: at most 1.5x on an H100; the reference code pays ~14x).
+switched off (target: at most 1.5x on an H100; the reference code pays ~14x).
 
 "full": ResNet50 (random weights), batch 32 of 224x224, bf16 autocast on CUDA as the `paper`
 budget trains; the CRF at F-CAM's default down-scaling and at full resolution. "small": the

@@ -1,4 +1,4 @@
-"""Profile "tmp": CAM-TMP (temporal_max_pool) against a device-to-device copy of the same bytes."""
+"""Profile "temporal_max_pool": CAM-TMP (temporal_max_pool) against a device-to-device copy of the same bytes."""
 from __future__ import annotations
 
 import torch
@@ -15,7 +15,7 @@ CASES = [
 ]
 
 
-@register_profile("tmp")
+@register_profile("temporal_max_pool")
 def profile_tmp(device: torch.device, size: str) -> list[ProfileTable]:
     B, T, H, W = SIZES[size]
     reps = dict(warmup=1, repeat=3) if (size == "full" and device.type == "cpu") else {}

@@ -2,7 +2,7 @@
 the real data pipeline: files on disk, loader workers, random crops and flips, pinned copies)
 against a bare PyTorch loop over the same model and the same images already on the device.
 
-"full" is issue 5's setting: the `paper` budget (batch 32, 224 crops from 256, bf16 autocast on
+"full" is the reference papers' setting: the `paper` budget (batch 32, 224 crops from 256, bf16 autocast on
 CUDA, 8 loader workers), ResNet50 (random weights), synth-objects generated at 256x256.
 "small" is the small CNN on 48x48 images at the smoke budget (seconds, for tests).
 

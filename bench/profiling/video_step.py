@@ -1,8 +1,8 @@
 """Profile "video-step": the cost of one CoLo-CAM training step against one frame-wise CAM
-training step on the same frames (issue 8: at most 1.5x on an H100; the reference code pays
+training step on the same frames (target: at most 1.5x on an H100; the reference code pays
 ~14x, its joint CRF running on the CPU).
 
-"full" is the issue's setting on the given device: ResNet50 (random weights), a batch of 32
+"full" is the target's setting on the given device: ResNet50 (random weights), a batch of 32
 frames of 224x224 = 8 clips of n = 4 adjacent frames, 10 classes, bf16 autocast on CUDA (the
 `paper` budget's precision). "small" is the small CNN on 8 frames of 32x32 on the CPU (seconds,
 for tests).
@@ -97,6 +97,6 @@ def profile_video_step(device: torch.device, size: str) -> list[ProfileTable]:
         del method, net, frozen
     note = (f"{backbone}, random weights, {batch} frames of {side}x{side} (photo-like random frames), {classes} "
             f"classes, autocast {'bf16' if mixed else 'off'}; median of {repeat} steps after {warmup} warm-up "
-            f"steps; ratio = step / CAM step (issue 8 asks CoLo-CAM <= 1.5 on an H100); GFLOP: convolutions and "
+            f"steps; ratio = step / CAM step (the target for CoLo-CAM: <= 1.5 on an H100); GFLOP: convolutions and "
             f"matrix products of one step (torch.utils.flop_counter), without the CRF ops'")
     return [ProfileTable(f"Video training step on {device.type}", rows, [note])]

@@ -1,4 +1,5 @@
-"""pytest-benchmark timings of the ops4 custom ops at small sizes (run: pytest tests/bench_ops4.py)."""
+"""pytest-benchmark timings of the temporal max pooling, pixel classifier and seed ops at small
+sizes (run: pytest tests/bench_video_pixel_seed_ops.py --benchmark-enable)."""
 import pytest
 import torch
 
