@@ -58,11 +58,12 @@ class Budget:
     their own flags, so the same budget means the same effort for every method."""
 
     name: str
-    stage1_epochs: int  # epochs of the shared stage-1 CAM classifier
-    method_epochs: int  # epochs of a method's own training (decoders, WSOL baselines)
+    stage1: TrainSchedule  # the shared stage-1 CAM classifier's run (and the baselines' that train a classifier)
+    method: TrainSchedule  # a method's own training (decoders, localizers)
     batch_size: int
-    lr: float  # SGD learning rate of every run unless stage1_lr / method_lr / a method's config say otherwise
-    weight_decay: float = 1e-4
+    # the base learning rate: the rate of the runs above unless the paper schedules set theirs, and
+    # what the methods that fine-tune at a fraction of it multiply (`lr_factor`)
+    lr: float
     momentum: float = 0.9
     max_train_images: int | None = None  # subsets for tests; None = the whole split
     max_eval_images: int | None = None
@@ -72,47 +73,34 @@ class Budget:
     crop_from: int | None = None
     num_workers: int = 0
     mixed_precision: bool = False  # autocast on CUDA only
-    # The papers' schedules, set per dataset and backbone by `resolve_budget` (the `paper` budget):
-    # the stage-1 CAM classifier's (and the baselines' that train a classifier) and a method's own
-    # training's (decoders, localizers). None: lr / weight_decay above; step_every None: cosine
-    # annealing over the run, else lr x gamma every step_every epochs.
-    stage1_lr: float | None = added_later(None)
-    stage1_weight_decay: float | None = added_later(None)
-    stage1_step_every: int | None = added_later(None)
-    stage1_gamma: float = added_later(0.1)
-    method_lr: float | None = added_later(None)
-    method_weight_decay: float | None = added_later(None)
-    method_step_every: int | None = added_later(None)
-    method_gamma: float = added_later(0.1)
 
     def stage1_schedule(self) -> TrainSchedule:
         """The run of the stage-1 CAM classifier (and of the baselines that train one)."""
-        return TrainSchedule(self.stage1_epochs, _given(self.stage1_lr, self.lr),
-                             _given(self.stage1_weight_decay, self.weight_decay), self.stage1_step_every,
-                             self.stage1_gamma)
+        return self.stage1
 
     def method_schedule(self, lr: float | None = None) -> TrainSchedule:
         """A method's own training run; `lr` (a method's own rate) replaces the budget's."""
-        return TrainSchedule(self.method_epochs, _given(lr, _given(self.method_lr, self.lr)),
-                             _given(self.method_weight_decay, self.weight_decay), self.method_step_every,
-                             self.method_gamma)
+        return self.method if lr is None else replace(self.method, lr=lr)
 
 
-def _given(value, default):
-    return default if value is None else value
+def make_budget(name: str, stage1_epochs: int, method_epochs: int, batch_size: int, lr: float,
+                weight_decay: float = 1e-4, **rest) -> Budget:
+    """A budget whose two runs share one rate and weight decay under a cosine schedule."""
+    return Budget(name, TrainSchedule(stage1_epochs, lr, weight_decay), TrainSchedule(method_epochs, lr, weight_decay),
+                  batch_size=batch_size, lr=lr, **rest)
 
 
 PAPER_BUDGET = "paper"  # the budget that takes the datasets' published schedules
 BUDGETS: dict[str, Budget] = {
-    "smoke": Budget("smoke", stage1_epochs=1, method_epochs=1, batch_size=16, lr=0.05,
-                    max_train_images=48, max_eval_images=16),
-    "quick": Budget("quick", stage1_epochs=8, method_epochs=4, batch_size=32, lr=0.05),
+    "smoke": make_budget("smoke", stage1_epochs=1, method_epochs=1, batch_size=16, lr=0.05,
+                         max_train_images=48, max_eval_images=16),
+    "quick": make_budget("quick", stage1_epochs=8, method_epochs=4, batch_size=32, lr=0.05),
     # The reference papers' settings (Choe et al. 2020 / F-CAM): batch 32, SGD with Nesterov
     # momentum 0.9, weight decay 1e-4, 224 crops; meant for a GPU. These epochs, rates and the
     # cosine schedule hold for datasets without published schedules; `resolve_budget` puts in
     # the others' (their plugins' `paper_stage1` / `paper_method`).
-    PAPER_BUDGET: Budget(PAPER_BUDGET, stage1_epochs=50, method_epochs=20, batch_size=32, lr=0.01,
-                         input_size=224, crop_from=256, num_workers=8, mixed_precision=True),
+    PAPER_BUDGET: make_budget(PAPER_BUDGET, stage1_epochs=50, method_epochs=20, batch_size=32, lr=0.01,
+                              input_size=224, crop_from=256, num_workers=8, mixed_precision=True),
 }
 
 
@@ -125,12 +113,13 @@ def resolve_budget(budget: Budget, dataset, backbone: str) -> Budget:
     if budget.name != PAPER_BUDGET:
         return budget
     changes = {}
-    for run, published in (("stage1", getattr(dataset, "paper_stage1", None)),
-                           ("method", getattr(dataset, "paper_method", None))):
+    for run in ("stage1", "method"):
+        published = getattr(dataset, f"paper_{run}", None)
         if published is not None:
-            changes.update({f"{run}_epochs": published.epochs, f"{run}_step_every": published.step_every,
-                            f"{run}_gamma": published.gamma, f"{run}_lr": published.lr.get(backbone),
-                            f"{run}_weight_decay": published.weight_decay.get(backbone)})
+            generic = getattr(budget, run)
+            changes[run] = TrainSchedule(published.epochs, published.lr.get(backbone, generic.lr),
+                                         published.weight_decay.get(backbone, generic.weight_decay),
+                                         published.step_every, published.gamma)
     return replace(budget, **changes) if changes else budget
 
 
@@ -183,24 +172,51 @@ def _coerce(value: str, annotation, where: str):
 
 
 def apply_overrides(cfg, overrides: dict[str, str], owner: str):
-    """Return a copy of dataclass `cfg` with string `overrides` applied (typed by the fields)."""
+    """Return a copy of dataclass `cfg` with string `overrides` applied (typed by the fields); a
+    dotted key ("seed.fg_mode") sets a field of a nested dataclass config."""
     if not overrides:
         return cfg
     hints = typing.get_type_hints(type(cfg))
     names = {f.name for f in fields(cfg)}
+    nested: dict[str, dict[str, str]] = {}
     changes = {}
     for key, value in overrides.items():
-        if key not in names:
-            raise ValueError(f"{owner} has no setting {key!r}; its settings: {', '.join(sorted(names))}")
-        changes[key] = _coerce(value, hints[key], f"{owner}.{key}")
+        head, dot, rest = key.partition(".")
+        if head not in names:
+            raise ValueError(f"{owner} has no setting {key!r}; its settings: {', '.join(setting_names(cfg))}")
+        if dot:
+            if not dataclasses.is_dataclass(getattr(cfg, head)):
+                raise ValueError(f"{owner}.{head} is not a group of settings; its settings: "
+                                 f"{', '.join(setting_names(cfg))}")
+            nested.setdefault(head, {})[rest] = value
+        else:
+            if dataclasses.is_dataclass(getattr(cfg, head)):
+                raise ValueError(f"{owner}.{head} is a group of settings: set one of "
+                                 f"{', '.join(f'{head}.{n}' for n in setting_names(getattr(cfg, head)))}")
+            changes[key] = _coerce(value, hints[key], f"{owner}.{key}")
+    for head, sub in nested.items():
+        changes[head] = apply_overrides(getattr(cfg, head), sub, f"{owner}.{head}")
     return replace(cfg, **changes)
 
 
+def setting_names(cfg) -> list[str]:
+    """The settable keys of a dataclass config, nested groups as dotted paths."""
+    out = []
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out += [f"{f.name}.{n}" for n in setting_names(value)]
+        else:
+            out.append(f.name)
+    return sorted(out)
+
+
 def split_setting(text: str) -> tuple[str, str, str] | None:
-    """`fcam.crf_weight=1e-9` -> ("fcam", "crf_weight", "1e-9"); None when it is not OWNER.KEY=VALUE
-    (the owner, a method or dataset name, may itself hold dots: the key follows the last one)."""
+    """`fcam.crf_weight=1e-9` -> ("fcam", "crf_weight", "1e-9"); `fcam.seed.fg_mode=top` -> ("fcam",
+    "seed.fg_mode", "top"): the owner (a method or dataset name, which holds no dot) comes before
+    the first dot; None when the text is not OWNER.KEY=VALUE."""
     key, sep, value = text.partition("=")
-    owner, dot, name = key.rpartition(".")
+    owner, dot, name = key.partition(".")
     if not sep or not dot or not owner or not name:
         return None
     return owner, name, value
@@ -224,6 +240,6 @@ class EmptyConfig:
     """For plugins without settings."""
 
 
-__all__ = ["Budget", "BUDGETS", "PAPER_BUDGET", "TrainSchedule", "PaperSchedule", "resolve_budget", "added_later",
-           "get_budget", "config_hash", "apply_overrides", "split_setting", "parse_set_flags",
+__all__ = ["Budget", "make_budget", "BUDGETS", "PAPER_BUDGET", "TrainSchedule", "PaperSchedule", "resolve_budget", "added_later",
+           "get_budget", "config_hash", "apply_overrides", "setting_names", "split_setting", "parse_set_flags",
            "EmptyConfig", "to_jsonable", "field"]

@@ -32,6 +32,8 @@ class Registry(Mapping):
         name = name or getattr(obj, "name", None)
         if not name:
             raise TypeError(f"{self.kind} {getattr(obj, '__qualname__', obj)!r} needs a `name`")
+        if "." in name or "=" in name or "," in name:  # `--set NAME.KEY=VALUE` and lists read names
+            raise ValueError(f"{self.kind} name {name!r}: no '.', '=' or ',' allowed")
         previous = self._table.get(name)
         if previous is not None and getattr(previous, "__qualname__", None) != getattr(obj, "__qualname__", None):
             raise ValueError(f"{self.kind} name {name!r} registered twice: {getattr(previous, '__module__', '?')} and "

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from tabulate import tabulate
 
-from bench.config import Budget, apply_overrides, split_setting
+from bench.config import Budget, apply_overrides, setting_names, split_setting
 from bench.io import atomic_write_text
 from bench.leaderboard import fmt_mean_std, load_results, mean_std
 from bench.registry import all_datasets, all_methods, get_dataset
@@ -36,11 +36,17 @@ class SweepParam:
         return (all_methods().get(self.owner) or all_datasets()[self.owner]).Config()
 
     def default(self):
-        return getattr(self.owner_config(), self.key)
+        return _dotted(self.owner_config(), self.key)
 
     def typed(self, value: str):
         """`value` as the setting's type, as `--set` would read it."""
-        return getattr(apply_overrides(self.owner_config(), {self.key: value}, self.owner), self.key)
+        return _dotted(apply_overrides(self.owner_config(), {self.key: value}, self.owner), self.key)
+
+
+def _dotted(cfg, key: str):
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
 
 def parse_param(text: str) -> SweepParam:
@@ -52,9 +58,9 @@ def parse_param(text: str) -> SweepParam:
     cls = all_methods().get(owner) or all_datasets().get(owner)
     if cls is None:
         raise ValueError(f"sweep {text!r}: {owner!r} is neither a method nor a dataset")
-    names = {f.name for f in fields(cls.Config)}
+    names = setting_names(cls.Config())
     if name not in names:
-        raise ValueError(f"sweep {text!r}: {owner} has no setting {name!r}; its settings: {', '.join(sorted(names))}")
+        raise ValueError(f"sweep {text!r}: {owner} has no setting {name!r}; its settings: {', '.join(names)}")
     vals = tuple(v.strip() for v in values.split(",") if v.strip())
     if len(vals) < 2:
         raise ValueError(f"sweep {text!r}: give at least two values, comma-separated")

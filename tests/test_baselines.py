@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.config import Budget
+from bench.config import make_budget
 from bench.models import build_classifier
 from bench.registry import METHODS, REPO_ROOT, load_plugin_file
 
@@ -29,7 +29,7 @@ def tiny_ctx(num_classes=3):
         return build_classifier("small-cnn", num_classes=num_classes)
 
     return SimpleNamespace(classifier=new_classifier, new_classifier=new_classifier, device=torch.device("cpu"),
-                           seed=0, budget=Budget("tiny", stage1_epochs=1, method_epochs=1, batch_size=4, lr=0.01))
+                           seed=0, budget=make_budget("tiny", stage1_epochs=1, method_epochs=1, batch_size=4, lr=0.01))
 
 
 def tiny_dataset(n=4, size=32, num_classes=3):

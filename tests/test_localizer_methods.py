@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench.config import Budget
+from bench.config import make_budget
 from bench.models import build_classifier
 from bench.models.wildcat import (ClassMapHead, LocalizerClassifier, apply_mask, foreground_map, soft_mask,
                                     wildcat_pool)
@@ -173,7 +173,7 @@ def tiny_ctx(num_classes=3):
 
     return SimpleNamespace(classifier=new_classifier, new_classifier=new_classifier, device=torch.device("cpu"),
                            seed=0, num_classes=num_classes,
-                           budget=Budget("tiny", stage1_epochs=1, method_epochs=2, batch_size=4, lr=0.01))
+                           budget=make_budget("tiny", stage1_epochs=1, method_epochs=2, batch_size=4, lr=0.01))
 
 
 @pytest.mark.parametrize("name", ["maxmin", "minmaxent"])

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench.config import Budget
+from bench.config import make_budget
 from bench.method import Localization
 from bench.models import build_classifier
 from bench.ops.seed import IGNORE
@@ -123,7 +123,7 @@ def tiny_ctx(num_classes=3):
 
     return SimpleNamespace(classifier=new_classifier, new_classifier=new_classifier, device=torch.device("cpu"),
                            seed=0, num_classes=num_classes, dataset=plain_dataset(),
-                           budget=Budget("tiny", stage1_epochs=1, method_epochs=1, batch_size=4, lr=0.01))
+                           budget=make_budget("tiny", stage1_epochs=1, method_epochs=1, batch_size=4, lr=0.01))
 
 
 def test_fit_then_localize_gives_a_foreground_probability_map_and_logits():
