@@ -1,5 +1,4 @@
-from bench.dataset import FoldedMetadataDataset
-from bench.dataset import register_dataset
+from bench.dataset import FoldedMetadataDataset, register_dataset
 
 
 @register_dataset

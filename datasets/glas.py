@@ -1,6 +1,4 @@
-from bench.dataset import PaperSchedule
-from bench.dataset import FoldedMetadataDataset
-from bench.dataset import register_dataset
+from bench.dataset import FoldedMetadataDataset, PaperSchedule, register_dataset
 
 
 @register_dataset

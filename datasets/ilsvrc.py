@@ -1,5 +1,4 @@
-from bench.dataset import MetadataDataset
-from bench.dataset import register_dataset
+from bench.dataset import MetadataDataset, register_dataset
 
 
 @register_dataset

@@ -1,6 +1,4 @@
-from bench.dataset import PaperSchedule
-from bench.dataset import MetadataDataset
-from bench.dataset import register_dataset
+from bench.dataset import MetadataDataset, PaperSchedule, register_dataset
 
 
 @register_dataset

@@ -1,6 +1,4 @@
-from bench.dataset import SynthObjectsConfig
-from bench.dataset import SyntheticDataset
-from bench.dataset import register_dataset
+from bench.dataset import SynthObjectsConfig, SyntheticDataset, register_dataset
 
 
 @register_dataset

@@ -1,6 +1,4 @@
-from bench.dataset import SynthTissueConfig
-from bench.dataset import SyntheticDataset
-from bench.dataset import register_dataset
+from bench.dataset import SynthTissueConfig, SyntheticDataset, register_dataset
 
 
 @register_dataset

@@ -1,9 +1,6 @@
 from pathlib import Path
 
-from bench.dataset import Generated
-from bench.dataset import MOTIONS, SynthVideoConfig, prepare_video
-from bench.dataset import VideoDataset
-from bench.dataset import register_dataset
+from bench.dataset import Generated, MOTIONS, SynthVideoConfig, VideoDataset, prepare_video, register_dataset
 
 
 @register_dataset

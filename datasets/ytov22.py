@@ -1,5 +1,4 @@
-from bench.dataset import VideoDataset
-from bench.dataset import register_dataset
+from bench.dataset import VideoDataset, register_dataset
 
 YTO_CLASSES = ("aeroplane", "bird", "boat", "car", "cat", "cow", "dog", "horse", "motorbike", "train")
 

@@ -2,8 +2,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.method import TrainedCAM, cam_layer_transform
-from bench.method import register_method
+from bench.method import TrainedCAM, cam_layer_transform, register_method
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,4 @@
-from bench.method import PostHocCAM
-from bench.method import register_method
+from bench.method import PostHocCAM, register_method
 
 
 @register_method

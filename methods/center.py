@@ -2,8 +2,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.method import Localization, Method
-from bench.method import register_method
+from bench.method import Localization, Method, register_method
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.method import SeededDecoder, SeededDecoderConfig
-from bench.dataset import ShotClipSampler, clip_lengths
-from bench.dataset import collate
+from bench.method import SeededDecoder, SeededDecoderConfig, register_method
+from bench.dataset import ShotClipSampler, clip_lengths, collate
 from bench.losses.crf import multiframe_color_crf_loss
-from bench.method import register_method
 
 
 @dataclass(frozen=True)

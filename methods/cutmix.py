@@ -3,8 +3,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.method import TrainedCAM
-from bench.method import register_method
+from bench.method import TrainedCAM, register_method
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,4 @@
-from bench.method import SeededDecoder, SeededDecoderConfig
-from bench.method import register_method
+from bench.method import SeededDecoder, SeededDecoderConfig, register_method
 
 
 @register_method

@@ -3,9 +3,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.method import LocalizerConfig, LocalizerMethod
+from bench.method import LocalizerConfig, LocalizerMethod, register_method
 from bench.losses.log_barrier import LogBarrierSchedule, size_constraint
-from bench.method import register_method
 
 
 def kl_to_uniform(logits: torch.Tensor, reverse: bool = False) -> torch.Tensor:

@@ -3,8 +3,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.method import LocalizerConfig, LocalizerMethod
-from bench.method import register_method
+from bench.method import LocalizerConfig, LocalizerMethod, register_method
 
 
 def relevant_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,8 @@
 from dataclasses import dataclass
 
-from bench.method import SeededDecoder, SeededDecoderConfig
+from bench.method import SeededDecoder, SeededDecoderConfig, register_method
 from bench.losses.partial_ce import negative_evidence_loss
 from bench.dataset import IGNORE
-from bench.method import register_method
 
 
 @dataclass(frozen=True)

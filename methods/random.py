@@ -3,8 +3,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.method import Localization, Method
-from bench.method import register_method
+from bench.method import Localization, Method, register_method
 
 
 @dataclass(frozen=True)

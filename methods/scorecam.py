@@ -4,8 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.cams import capture_activations, class_scores
-from bench.method import PostHocCAM
-from bench.method import register_method
+from bench.method import PostHocCAM, register_method
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.cams import activations_and_grads, gradcampp_weights, weighted_sum
-from bench.method import PostHocCAM
-from bench.method import register_method
+from bench.method import PostHocCAM, register_method
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.cams import minmax
-from bench.method import TrainedCAM
-from bench.method import register_method
+from bench.method import TrainedCAM, register_method
 
 
 @dataclass(frozen=True)

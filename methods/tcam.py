@@ -4,11 +4,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.method import SeededDecoder, SeededDecoderConfig
+from bench.method import SeededDecoder, SeededDecoderConfig, register_method
 from bench.cams import frame_cams, minmax, shot_pooled_cams
-from bench.dataset import ShotFrames
-from bench.method import register_method
-from bench.dataset import make_loader
+from bench.dataset import ShotFrames, make_loader
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,7 @@
 import torch
 
 from bench.cams import activations_and_grads, weighted_sum
-from bench.method import PostHocCAM
-from bench.method import register_method
+from bench.method import PostHocCAM, register_method
 
 
 @register_method
