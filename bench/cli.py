@@ -108,7 +108,7 @@ def run_settings(args, **changes):
     fields = dict(budget=get_budget(args.budget), seeds=_seeds(args.seeds) if args.seeds else DEFAULT_SEEDS,
                   data_root=args.data_root, results_dir=args.results, cache_dir=args.cache_dir, device=str(device),
                   backbone=args.backbone, weights=args.weights, threads=threads, jobs=args.jobs,
-                  launcher=args.launcher, slurm=slurm, wait=args.wait)
+                  launcher=args.launcher, slurm=slurm, wait=args.wait, overwrite=args.overwrite)
     fields.update(changes)
     return RunSettings(**fields)
 
@@ -435,6 +435,9 @@ def _add_run_flags(p: argparse.ArgumentParser, *, results: bool = True, budget_d
     p.add_argument("--cache-dir", type=Path, default=_default_cache_dir(),
                    help="stage-1 classifier cache (env WSOLBENCH_CACHE)")
     p.add_argument("--set", action="append", default=[], metavar="OWNER.KEY=VALUE", help=set_help)
+    p.add_argument("--overwrite", action="store_true",
+                   help="let cells replace entries written under another budget or backbone in the results folder "
+                        "(refused by default: a results folder holds one budget and backbone)")
     _add_scale_out(p)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bench.config import apply_overrides, config_hash
 from bench.entries import RESULT_SCHEMA, entry_checksum, method_file_sha256
+from bench.io import check_writable
 from bench.registry import all_datasets, all_methods, get_dataset, get_method
 from bench.runner import cell_config, result_path
 from bench.settings import RunSettings
@@ -108,6 +109,27 @@ def is_finished(path: Path, expected_hash: str, method_sha256: str | None) -> bo
             and written_by == method_sha256)
 
 
+def _refuse_other_runs(paths: list[Path], settings: RunSettings) -> None:
+    """A results folder holds one budget and backbone: a cell never silently replaces an entry
+    written under others (`--overwrite` allows it; or use another `--results`)."""
+    clashes = []
+    for path in paths:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(record, dict) or record.get("status") != "ok":
+            continue
+        theirs = (record.get("budget"), record.get("backbone"))
+        if theirs != (settings.budget.name, settings.backbone):
+            clashes.append(f"{path} (budget {theirs[0]}, backbone {theirs[1]})")
+    if clashes:
+        more = f" and {len(clashes) - 3} more" if len(clashes) > 3 else ""
+        raise ValueError(f"this run (budget {settings.budget.name}, backbone {settings.backbone}) would replace entries "
+                         f"of another run: {'; '.join(clashes[:3])}{more}; write elsewhere with --results DIR, or "
+                         f"pass --overwrite to replace them")
+
+
 def _sweep_orphans(path: Path) -> None:
     """Remove temp files of this cell's result left by a killed writer (atomic writes put
     them beside the result as .<name>.<random>.tmp); the cell is about to be rewritten."""
@@ -133,6 +155,12 @@ def run_grid(cells: list[Cell], settings: RunSettings) -> GridReport:
             report.resumed.append(path)
         else:
             todo.append((cell, dataset))
+    if not settings.overwrite:
+        _refuse_other_runs([cell.result_file(settings) for cell, _ in todo], settings)
+    for folder in sorted({str(cell.results_in(settings)) for cell, _ in todo}):
+        check_writable(Path(folder), "results folder")
+    if todo:
+        check_writable(settings.cache_dir, "--cache-dir")
     prepared = set()
     for cell, dataset in todo:  # once, here, before any worker reads the data
         if cell.dataset not in prepared:

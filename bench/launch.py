@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import torch
@@ -168,32 +169,59 @@ def cpu_threads_per_worker(jobs: int) -> int:
 
 
 def run_local_pool(cells: list, settings: RunSettings, jobs: int) -> list[dict]:
+    """The cells in `jobs` worker processes. A worker that dies (killed, out of memory, a crash
+    in native code) breaks the pool and every cell in flight with it: those cells are run again,
+    each in a pool of its own, so the cell whose worker dies fails alone (recorded as a failed
+    entry) and the others finish."""
     devices = worker_devices(settings.torch_device, jobs)
     threads = settings.threads or cpu_threads_per_worker(jobs)
+    log.info("%d worker processes, devices %s, %d torch threads each", jobs, ",".join(devices), threads)
+    with tqdm(total=len(cells), desc=f"grid (--jobs {jobs})", unit="cell", dynamic_ncols=True) as bar:
+        summaries, broken = _pool_round(interleave(cells), settings, jobs, devices, threads, bar)
+        if broken:
+            log.warning("a worker process died: %d cell(s) in flight are rerun one per process", len(broken))
+        for cell in broken:
+            again, still = _pool_round([cell], settings, 1, devices, threads, bar)
+            summaries += again
+            if still:
+                error = "WorkerDied: the worker process running this cell died (killed, out of memory or crashed)"
+                from bench.runner import record_failure
+
+                record_failure(cell, settings, error)
+                log.error("cell %s: %s", cell.label, error)
+                summaries.append({"label": cell.label, "status": "failed", "error": error})
+                bar.update(1)
+    return summaries
+
+
+def _pool_round(cells: list, settings: RunSettings, jobs: int, devices: list[str], threads: int, bar):
+    """Run `cells` in one pool: (summaries, cells lost to a broken pool)."""
     ctx = mp.get_context("spawn")  # no fork of a process holding torch threads or CUDA
     slots = ctx.Queue()
     for i in range(jobs):
         slots.put(i)
-    log.info("%d worker processes, devices %s, %d torch threads each", jobs, ",".join(devices), threads)
-    summaries = []
+    summaries, broken = [], []
     with _quiet_children(), cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
                                                    initargs=(slots, devices, threads, os.getpid())) as pool:
-        futures = {pool.submit(_pool_task, c, settings): c for c in interleave(cells)}
+        futures = {pool.submit(_pool_task, c, settings): c for c in cells}
         try:
-            with tqdm(total=len(futures), desc=f"grid (--jobs {jobs})", unit="cell", dynamic_ncols=True) as bar:
-                for future in cf.as_completed(futures):
-                    spec = futures[future]
-                    try:
-                        summaries.append(future.result())
-                    except Exception as err:  # a worker died or a plugin failed to load: recorded, not fatal
-                        log.error("cell %s: worker failed: %s", spec.label, err)
-                        summaries.append({"label": spec.label, "status": "failed", "error": f"{type(err).__name__}: {err}"})
-                    bar.set_postfix_str(spec.label)
-                    bar.update(1)
+            for future in cf.as_completed(futures):
+                cell = futures[future]
+                try:
+                    summaries.append(future.result())
+                except BrokenProcessPool:
+                    broken.append(cell)
+                    continue
+                except Exception as err:  # a plugin failed to load in the worker: recorded, not fatal
+                    log.error("cell %s: worker failed: %s", cell.label, err)
+                    summaries.append({"label": cell.label, "status": "failed", "error": f"{type(err).__name__}: {err}"})
+                bar.set_postfix_str(cell.label)
+                bar.update(1)
         except KeyboardInterrupt:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
-    return summaries
+    order = {c.label: i for i, c in enumerate(cells)}
+    return summaries, sorted(broken, key=lambda c: order[c.label])
 
 
 # ---- SLURM through submitit --------------------------------------------------------------

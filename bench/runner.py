@@ -20,7 +20,7 @@ import bench
 from bench.artifacts import SampleCollector, sample_indices, write_artifacts
 from bench.config import Budget, config_hash, resolve_budget, to_jsonable
 from bench.entries import RESULT_SCHEMA, file_sha256, method_file_sha256, write_entry
-from bench.io import atomic_torch_save, file_lock, results_lock
+from bench.io import atomic_torch_save, atomic_write_text, file_lock, results_lock
 from bench.metrics import BoxEvaluator, CorLocEvaluator, MaskEvaluator, Top1Cls, normalize_scoremaps
 from bench.models import WSOLNet, build_classifier
 from bench.dataset import make_loader
@@ -111,8 +111,8 @@ class RunContext:
                "backbone": self.backbone, "weights": file_sha256(self.weights), "seed": self.seed,
                "epochs": run.epochs, "batch_size": b.batch_size, "lr": run.lr, "wd": run.weight_decay,
                "momentum": b.momentum, "max_train_images": b.max_train_images, "input_size": b.input_size,
-               "crop_from": b.crop_from,
-               "mixed_precision": b.mixed_precision}
+               "crop_from": b.crop_from, "mixed_precision": b.mixed_precision,
+               "data": self.dataset.fingerprint(self.settings.data_root)}
         if run.step_every is not None:  # cosine runs keep the keys (and caches) from before step decay
             key["lr_step"] = [run.step_every, run.gamma]
         return key
@@ -127,8 +127,8 @@ class RunContext:
         # random state is the same whether it was trained here or loaded, so a cell's result
         # does not depend on which cell of the grid happened to train the classifier.
         with file_lock(path.with_name(path.name + ".lock")), preserved_rng():
-            if path.is_file():
-                state = torch.load(path, map_location=self.device, weights_only=True)
+            state = load_checked_checkpoint(path, self.device)
+            if state is not None:
                 model.load_state_dict(state["state_dict"])
                 model.eval()
                 return model
@@ -137,10 +137,43 @@ class RunContext:
             train(model, model.parameters(), self.splits.train, self.budget, self.device,
                   self.budget.stage1_schedule(), self.seed,
                   desc=f"stage-1 {self.dataset.name}/{self.backbone}/seed{self.seed}")
-            atomic_torch_save(path, {"state_dict": model.state_dict(), "key": key})
+            save_checked_checkpoint(path, {"state_dict": model.state_dict(), "key": key})
             self.timings["stage1_s"] = round(time.perf_counter() - start, 3)
         model.eval()
         return model
+
+
+def save_checked_checkpoint(path: Path, obj) -> None:
+    """Save `obj` atomically with its sha256 beside it (`<file>.sha256`, written last)."""
+    atomic_torch_save(path, obj)
+    atomic_write_text(checksum_path(path), file_sha256(path) + "\n")
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def load_checked_checkpoint(path: Path, device) -> dict | None:
+    """A cached checkpoint if it is there and intact (its checksum matches and it loads with
+    weights_only=True); a damaged one is named, removed and None returned, so it is retrained."""
+    if not path.is_file():
+        return None
+    expected = checksum_path(path).read_text().strip() if checksum_path(path).is_file() else None
+    reason = None
+    if expected != file_sha256(path):
+        reason = "no checksum beside it" if expected is None else "its checksum does not match"
+    else:
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+            if isinstance(state, dict) and "state_dict" in state:
+                return state
+            reason = "it holds no state_dict"
+        except Exception as err:  # truncated or foreign file: retrain rather than fail every rerun
+            reason = f"it does not load ({type(err).__name__}: {err})"
+    log.warning("cache file %s is damaged (%s): removed, retraining", path, reason)
+    path.unlink(missing_ok=True)
+    checksum_path(path).unlink(missing_ok=True)
+    return None
 
 
 def evaluate(method, split, dataset, budget: Budget, device: torch.device, tau: float | None = None,
@@ -198,8 +231,36 @@ def cell_config(method_cls, method_cfg, dataset, seed: int, settings: RunSetting
     with it (`resolve_budget`: the `paper` budget with the dataset's published schedules)."""
     budget = resolve_budget(settings.budget, dataset, settings.backbone)
     return {"method": method_cls.name, "method_config": to_jsonable(method_cfg), "dataset": dataset.name,
-            "dataset_config": to_jsonable(dataset.cfg), "budget": to_jsonable(budget), "seed": seed,
-            "backbone": settings.backbone, "weights": file_sha256(settings.weights)}
+            "dataset_config": to_jsonable(dataset.cfg), "data": dataset.fingerprint(settings.data_root),
+            "budget": to_jsonable(budget), "seed": seed, "backbone": settings.backbone,
+            "weights": file_sha256(settings.weights)}
+
+
+def _new_record(method_cls, method_cfg, dataset, seed: int, settings: RunSettings) -> dict:
+    """The fields every entry of a cell has, whatever its outcome."""
+    config = cell_config(method_cls, method_cfg, dataset, seed, settings)
+    record = {
+        "schema": RESULT_SCHEMA, "method": method_cls.name, "dataset": dataset.name, "seed": seed,
+        "budget": settings.budget.name, "backbone": settings.backbone, "task": dataset.task,
+        "primary_metric": dataset.primary_metric, "config": config, "config_hash": config_hash(config),
+        "code_version": {"wsolbench": bench.__version__, "git": git_version(Path(__file__).parent.parent),
+                         "method_file_sha256": method_file_sha256(method_cls)},
+        "torch": torch.__version__, "device": device_name(settings.torch_device), "extension": bench.EXTENSION_FLAVOUR,
+    }
+    if settings.submission is not None:
+        record["submission"] = settings.submission
+    return record
+
+
+def record_failure(cell, settings: RunSettings, error: str) -> dict:
+    """Write the failed entry of a cell that could not record itself (its worker process died)."""
+    method_cls, method_cfg, dataset = cell.build()
+    record = _new_record(method_cls, method_cfg, dataset, cell.seed, settings)
+    record.update(status="failed", metrics={}, error=error, timings={},
+                  finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    results_dir = cell.results_in(settings)
+    with results_lock(results_dir):
+        return write_entry(results_dir, result_path(results_dir, dataset.name, method_cls.name, cell.seed), record)
 
 
 def run_cell(cell, settings: RunSettings) -> dict:
@@ -209,18 +270,8 @@ def run_cell(cell, settings: RunSettings) -> dict:
     method_cls, method_cfg, dataset = cell.build()
     seed, device, results_dir = cell.seed, settings.torch_device, cell.results_in(settings)
     budget = resolve_budget(settings.budget, dataset, settings.backbone)
-    config = cell_config(method_cls, method_cfg, dataset, seed, settings)
     path = result_path(results_dir, dataset.name, method_cls.name, seed)
-    record = {
-        "schema": RESULT_SCHEMA, "method": method_cls.name, "dataset": dataset.name, "seed": seed,
-        "budget": budget.name, "backbone": settings.backbone, "task": dataset.task,
-        "primary_metric": dataset.primary_metric, "config": config, "config_hash": config_hash(config),
-        "code_version": {"wsolbench": bench.__version__, "git": git_version(Path(__file__).parent.parent),
-                         "method_file_sha256": method_file_sha256(method_cls)},
-        "torch": torch.__version__, "device": device_name(device), "extension": bench.EXTENSION_FLAVOUR,
-    }
-    if settings.submission is not None:
-        record["submission"] = settings.submission
+    record = _new_record(method_cls, method_cfg, dataset, seed, settings)
     timings: dict = {}
     artifacts = None
     start = time.perf_counter()

@@ -75,7 +75,8 @@ class RunSettings:
     machine), "slurm" or "local" (submitit) with `slurm` its resources; `wait` for the array;
     `submission`: what `bench submit` stores in each entry; `plugins`: WSOLBENCH_PLUGINS of
     the submitting process; `task_tables`: a cluster task regenerates the tables beside the
-    results after its cell (False where the caller writes its own: `bench sweep`)."""
+    results after its cell (False where the caller writes its own: `bench sweep`);
+    `overwrite`: a cell may replace an entry written under another budget or backbone."""
 
     budget: Budget
     data_root: Path
@@ -93,6 +94,7 @@ class RunSettings:
     submission: dict | None = None
     plugins: str = field(default_factory=lambda: os.environ.get("WSOLBENCH_PLUGINS", ""))
     task_tables: bool = True
+    overwrite: bool = False  # replace entries of another budget or backbone in the results folder
 
     def __post_init__(self):
         for name in ("data_root", "results_dir", "cache_dir"):

@@ -1,10 +1,8 @@
-from pathlib import Path
-
-from bench.dataset import Generated, MOTIONS, SynthVideoConfig, VideoDataset, prepare_video, register_dataset
+from bench.dataset import MOTIONS, SynthVideoConfig, SyntheticVideoDataset, VideoDataset, register_dataset
 
 
 @register_dataset
-class SynthVideo(Generated, VideoDataset):
+class SynthVideo(SyntheticVideoDataset, VideoDataset):
     """Embedded video: shots of an object (told apart by one small part) moving, turning and
     zooming over panning photo clutter, in slow- and fast-motion shots; YTO tree layout, boxes
     on every other val/test frame (CorLoc, also per motion subset).
@@ -18,6 +16,3 @@ class SynthVideo(Generated, VideoDataset):
     # shots would be a handful of steps (YTO loaders keep 1)
     train_draws_per_shot = 4
     Config = SynthVideoConfig
-
-    def prepare(self, data_root: Path) -> None:
-        prepare_video(Path(data_root), self.cfg)

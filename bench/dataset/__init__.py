@@ -14,7 +14,7 @@ from bench.dataset.base import Dataset, Splits, collate, make_loader
 from bench.dataset.folds import NUM_FOLDS, FoldConfig, FoldedMetadataDataset
 from bench.dataset.metadata import MetadataDataset, MetadataImages, load_image, load_mask
 from bench.dataset.protocol import EVAL_SIZE, IGNORE
-from bench.dataset.synthetic import Generated, SyntheticDataset
+from bench.dataset.synthetic import Generated, SyntheticDataset, SyntheticVideoDataset
 from bench.dataset.video import ShotClipSampler, ShotFrames, VideoDataset, VideoFrames, clip_lengths
 from bench.data.synthetic import SynthObjectsConfig, SynthTissueConfig
 from bench.data.synthetic_video import MOTIONS, SynthVideoConfig, prepare_video
@@ -22,6 +22,6 @@ from bench.registry import register_dataset
 
 __all__ = ["Dataset", "Splits", "collate", "MetadataDataset", "MetadataImages", "load_image", "load_mask",
            "FoldedMetadataDataset", "FoldConfig", "NUM_FOLDS", "VideoDataset", "VideoFrames", "ShotFrames",
-           "ShotClipSampler", "clip_lengths", "SyntheticDataset", "Generated", "IGNORE", "EVAL_SIZE",
+           "ShotClipSampler", "clip_lengths", "SyntheticDataset", "SyntheticVideoDataset", "Generated", "IGNORE", "EVAL_SIZE",
            "PaperSchedule", "EmptyConfig", "register_dataset", "make_loader", "SynthObjectsConfig",
            "SynthTissueConfig", "SynthVideoConfig", "MOTIONS", "prepare_video"]

@@ -4,6 +4,8 @@ A plugin subclasses `Dataset` (or `MetadataDataset` for the field's metadata for
 small file of `datasets/` and registers itself with `@register_dataset`."""
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +58,22 @@ class Dataset:
     def splits(self, data_root: Path, budget) -> Splits:
         raise NotImplementedError
 
+    def metadata_files(self, data_root: Path) -> list[Path]:
+        """The files that say what the splits hold (their fingerprint keys results and caches)."""
+        return []
+
+    def fingerprint(self, data_root: Path) -> str | None:
+        """A cheap fingerprint of the data a run reads: the content hashes of the metadata files
+        (image ids, labels, sizes, annotations; not the image bytes). A cell's configuration hash
+        and the stage-1 cache key include it, so other data on disk never resumes an entry or
+        reuses a classifier trained on the old. None: nothing to fingerprint."""
+        files = self.metadata_files(data_root)
+        if not files:
+            return None
+        root = Path(data_root)
+        listing = {str(p.relative_to(root) if p.is_relative_to(root) else p): _content_sha256(p) for p in files}
+        return hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()[:16]
+
     def localization_classes(self, labels: torch.Tensor) -> torch.Tensor:
         """The class whose map is evaluated for each image (GT-known: its own label). A
         dataset with a negative class (images without ROI, e.g. `normal` tissue) and one
@@ -91,3 +109,23 @@ def make_loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, num_work
         num_workers=num_workers, drop_last=drop_last and len(dataset) > batch_size,
         persistent_workers=num_workers > 0, pin_memory=pin,
         prefetch_factor=4 if num_workers > 0 else None)
+
+
+_content_hashes: dict[tuple, str] = {}
+
+
+def _content_sha256(path: Path) -> str:
+    """sha256 of a file's bytes ("missing" if absent), memoised on (path, size, mtime)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return "missing"
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _content_hashes:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _content_hashes[key] = digest.hexdigest()
+    return _content_hashes[key]
+

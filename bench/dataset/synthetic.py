@@ -2,9 +2,12 @@
 format, then read through the same loader as the real datasets."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from pathlib import Path
 
-from bench.data.synthetic import prepare
+from bench.data import synthetic, synthetic_video
 from bench.dataset.metadata import MetadataDataset
 
 
@@ -13,6 +16,7 @@ class Generated:
     generator's config, and the data is never missing (it is generated on demand)."""
 
     synthetic = True
+    generator_version: int = 0  # of the generator that draws this dataset (bench.data.synthetic*)
 
     @property
     def num_classes(self) -> int:
@@ -29,7 +33,23 @@ class Generated:
     def missing(self, data_root: Path) -> str | None:
         return None  # generated on demand
 
+    def fingerprint(self, data_root: Path) -> str | None:
+        """The generator is deterministic: its version and configuration are the data."""
+        doc = {"name": self.name, "generator_version": self.generator_version, "config": dataclasses.asdict(self.cfg)}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
 
 class SyntheticDataset(Generated, MetadataDataset):
+    generator_version = synthetic.GENERATOR_VERSION
+
     def prepare(self, data_root: Path) -> None:
-        prepare(self.name, Path(data_root), self.cfg)
+        synthetic.prepare(self.name, Path(data_root), self.cfg)
+
+
+class SyntheticVideoDataset(Generated):
+    """Mixin of the embedded video datasets (with `VideoDataset`)."""
+
+    generator_version = synthetic_video.GENERATOR_VERSION
+
+    def prepare(self, data_root: Path) -> None:
+        synthetic_video.prepare_video(Path(data_root), self.cfg)
