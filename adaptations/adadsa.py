@@ -87,7 +87,8 @@ def fuse(model, stats) -> nn.Module:
 
 @register_adaptation
 class AdaDSA(Adaptation):
-    """AdaDSA (Zhao et al., IEEE TNSRE 2022): every BatchNorm mixes the source statistics with
+    """AdaDSA (IEEE TNSRE 2022, "Unsupervised Domain Adaptation by Statistics Alignment for Deep
+    Sleep Staging Networks"): every BatchNorm mixes the source statistics with
     the target training set's (estimated once) by a learnable alpha; only the alphas train,
     on cross-entropy with pseudo-labels from a mix of the source model's and the adapted
     model's predictions, (1 - lambda) p_src + lambda p_adapted with lambda = 2 / (1 + e^(-a p))

@@ -17,7 +17,7 @@ class CDCLConfig:
 
 @register_adaptation
 class CDCL(Adaptation):
-    """CDCL, source-free form (Wang et al., IEEE TMM 2022): the frozen classifier's weights are
+    """CDCL, source-free form (Wang et al., IEEE TMM, arXiv 2106.05528): the frozen classifier's weights are
     the source class prototypes; target pseudo-labels come from spherical k-means started at
     them; the encoder is trained with an InfoNCE contrast pulling each target feature to its
     pseudo-class prototype and away from the others."""

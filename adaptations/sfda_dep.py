@@ -18,7 +18,7 @@ class SFDADePConfig:
 
 @register_adaptation
 class SFDADeP(Adaptation):
-    """SFDA-DeP (Guichemerre et al.): self-training amplifies the bias of the source model
+    """SFDA-DeP (AlexisGuichemerreCode/SFDA-DeP, debiasing predictions): self-training amplifies the bias of the source model
     toward the classes it over-predicts on the target. Every few epochs the target images are
     pseudo-labelled by the current model; for each over-predicted class (a predicted share
     above the uniform 1/C), the most uncertain (highest entropy) of the images predicted as it
@@ -32,7 +32,7 @@ class SFDADeP(Adaptation):
     @staticmethod
     def select(probs: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(pseudo-labels [N], forget [N] bool): per class whose predicted share exceeds 1/C,
-        the ceil-free int(ratio * n_c) highest-entropy of its n_c predicted images."""
+        the int(ratio * n_c) highest-entropy of its n_c predicted images."""
         labels = probs.argmax(1)
         n, k = probs.shape
         counts = torch.bincount(labels, minlength=k)

@@ -33,7 +33,7 @@ from bench.config import Budget, config_hash, resolve_budget, to_jsonable
 from bench.entries import RESULT_SCHEMA, entry_checksum, file_sha256, method_file_sha256, write_entry
 from bench.runner import RunContext, device_name, evaluate, git_version, preserved_rng, seed_everything
 from bench.transfer.adaptation import AdaptContext, Adaptation, SourceOnly
-from bench.transfer.data import ReadGuard, UnlabelledView
+from bench.transfer.data import LabelAccessError, ReadGuard, SourceAccessError, UnlabelledView
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,13 @@ def _evaluate(localizer, splits, dataset, budget, device) -> tuple[dict, dict]:
     return metrics, val_metrics
 
 
+def _run_context(dataset, splits, budget, seed, cache_dir, device, backbone, weights, timings) -> RunContext:
+    """The grid's RunContext (the stage-1 classifier's cache and training); the one place the
+    track builds one."""
+    return RunContext(device=device, budget=budget, seed=seed, cache_dir=Path(cache_dir), dataset=dataset,
+                      splits=splits, backbone=backbone, weights=weights, timings=timings)
+
+
 def _source_model(source, budget, seed, data_root, cache_dir, device, backbone, weights, source_method,
                   source_method_cfg, timings) -> tuple[torch.nn.Module, ReadGuard]:
     """The source model and the sealed guard over the source training split."""
@@ -105,8 +112,7 @@ def _source_model(source, budget, seed, data_root, cache_dir, device, backbone, 
     splits = source.splits(data_root, sbudget)
     guard = ReadGuard(splits.train, f"{source.name} (source) training split")
     splits.train = guard
-    ctx = RunContext(device=device, budget=sbudget, seed=seed, cache_dir=Path(cache_dir), dataset=source,
-                     splits=splits, backbone=backbone, weights=weights, timings=timings)
+    ctx = _run_context(source, splits, sbudget, seed, cache_dir, device, backbone, weights, timings)
     t0 = time.perf_counter()
     if source_method is None:
         model = ctx.classifier()
@@ -148,7 +154,6 @@ def run_transfer_cell(adaptation_cls, source, target, seed: int, *, budget: Budg
                          f"{target.num_classes} target classes; a pair shares its classes")
     timings: dict = {}
     start = time.perf_counter()
-    from bench.transfer.data import LabelAccessError, SourceAccessError
     try:
         seed_everything(seed)
         source_model, guard = _source_model(source, budget, seed, data_root, cache_dir, device, backbone, weights,
@@ -215,8 +220,7 @@ def run_target_supervised(source, target, seed: int, *, budget: Budget, data_roo
     try:
         seed_everything(seed)
         splits = target.splits(data_root, tbudget)
-        ctx = RunContext(device=device, budget=tbudget, seed=seed, cache_dir=Path(cache_dir), dataset=target,
-                         splits=splits, backbone=backbone, weights=weights, timings=timings)
+        ctx = _run_context(target, splits, tbudget, seed, cache_dir, device, backbone, weights, timings)
         t0 = time.perf_counter()
         localizer = _TargetCAM()
         localizer.model = ctx.classifier()

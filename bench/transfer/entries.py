@@ -59,7 +59,8 @@ def check_transfer_entries(results_dir: Path) -> list[Problem]:
     for path in sorted(root.rglob("*.json")) if root.is_dir() else []:
         rel = path.relative_to(root).parts
         if len(rel) != 3 or not ENTRY_NAME.match(rel[-1]):
-            problems.append(Problem(str(path), "not a transfer entry path (<source>__<target>/<adaptation>/seed<k>.json)"))
+            problems.append(Problem(str(path), "not a transfer entry path "
+                                                "(<source>__<target>/<adaptation>/seed<k>.json)"))
             continue
         try:
             record = json.loads(path.read_text())

@@ -63,7 +63,8 @@ def pair_table(records: list[dict], metrics=("PxAP", "Top-1 Cls")) -> str:
     for name in order:
         ok = [r for r in rows.get(name, []) if r.get("status") == "ok"]
         if not ok:
-            lines.append(f"| {name} | " + " | ".join("failed" if rows.get(name) else "-" for _ in metrics) + " | - | 0 |")
+            cell = "failed" if rows.get(name) else "-"
+            lines.append(f"| {name} | " + " | ".join(cell for _ in metrics) + " | - | 0 |")
             continue
         vals = [sum(r["metrics"][m] for r in ok) / len(ok) if all(m in r["metrics"] for r in ok) else float("nan")
                 for m in metrics]
