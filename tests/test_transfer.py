@@ -68,7 +68,7 @@ def test_transfer_cell_runs_end_to_end_on_the_embedded_pair(name, pair, shared_d
     assert _run(cls, pair, shared_dirs, tmp_path) == record
 
 
-def test_adaptation_changes_the_model_and_references_bracket_it(pair, shared_dirs, tmp_path):
+def test_shot_adapts_the_encoder_and_the_upper_reference_is_sealed(pair, shared_dirs, tmp_path):
     shot = get_adaptation("shot")
 
     class Probe(shot):  # records the adapted weights against the source's
