@@ -67,6 +67,13 @@ def cmd_list(args) -> int:
             why = m.skip(d())
             pairs.append([m.name, d.name, "yes" if why is None else f"no: {why}"])
     print(tabulate(pairs, headers=["method", "dataset", "compatible"]))
+    from bench.transfer import TRANSFER_PAIRS, all_adaptations
+
+    print("\nAdaptations (run --transfer SRC:TGT):")
+    print(tabulate([[a.name, (a.__doc__ or "").strip().splitlines()[0] if a.__doc__ else ""]
+                    for a in all_adaptations().values()], headers=["name", "about"]))
+    print("\nTransfer pairs (run --all runs those on disk): "
+          + ", ".join(f"{s}:{t}" for s, t in TRANSFER_PAIRS))
     return 0
 
 
@@ -75,15 +82,27 @@ def cmd_run(args) -> int:
     from bench.grid import build_cells, run_grid
     from bench.leaderboard import write_leaderboard
 
-    if not args.all and not args.methods and not args.datasets:
-        raise ValueError("say what to run: --all, or --methods and/or --datasets")
+    if not args.all and not args.methods and not args.datasets and not args.transfer:
+        raise ValueError("say what to run: --all, or --methods and/or --datasets, or --transfer SRC:TGT")
+    from bench.transfer import all_adaptations
+
     settings = run_settings(args)
-    cells, skipped = build_cells(_csv(args.methods), _csv(args.datasets), settings, parse_set_flags(args.set))
-    for what, why in skipped:
-        print(f"skip {what}: {why}")
-    print(f"{len(cells)} cells, {_describe(settings)}")
-    report = run_grid(cells, settings)
+    overrides = parse_set_flags(args.set)
+    adaptation_sets = {o: kv for o, kv in overrides.items() if o in all_adaptations()}
+    overrides = {o: kv for o, kv in overrides.items() if o not in adaptation_sets}
+    pairs = _transfer_pairs(args, settings)  # before any cell: a bad pair is an error now, not after the grid
+    report = None
+    if args.all or args.methods or args.datasets:
+        cells, skipped = build_cells(_csv(args.methods), _csv(args.datasets), settings, overrides)
+        for what, why in skipped:
+            print(f"skip {what}: {why}")
+        print(f"{len(cells)} cells, {_describe(settings)}")
+        report = run_grid(cells, settings)
+    transfer_failed = _run_transfer(pairs, settings, args, {**overrides, **adaptation_sets})
     readme, _ = write_leaderboard(settings.results_dir, settings.results_dir.parent)
+    if report is None:
+        print(f"tables in {readme}")
+        return 1 if transfer_failed else 0
     print(f"ran {len(report.ran)}, resumed {len(report.resumed)}, failed {len(report.failed)}"
           + (f", submitted {len(report.submitted)}" if report.submitted else "") + f"; tables in {readme}")
     if report.submitted:
@@ -91,7 +110,44 @@ def cmd_run(args) -> int:
               f"the tables. Rerun the same command after the array ended to resubmit unfinished cells.")
     for label in report.failed:
         print(f"FAILED {label} (see its JSON result for the error)")
-    return 1 if report.failed else 0
+    return 1 if report.failed or transfer_failed else 0
+
+
+def _transfer_pairs(args, settings) -> list[tuple[str, str]]:
+    """The transfer pairs to run: each --transfer SRC:TGT, and with --all every declared pair
+    whose datasets are on disk (the others skipped with one line)."""
+    from bench.registry import get_dataset
+    from bench.transfer import TRANSFER_PAIRS
+    from bench.transfer.track import parse_pair
+
+    pairs = [parse_pair(text) for text in args.transfer]
+    for pair in pairs:
+        for name in pair:
+            get_dataset(name)  # unknown names fail here
+    if args.all and not args.methods and not args.datasets:
+        for pair in TRANSFER_PAIRS:
+            missing = [why for why in (get_dataset(n)().missing(settings.data_root) for n in pair) if why]
+            if missing:
+                print(f"skip transfer {pair[0]}:{pair[1]}: {missing[0]}")
+            elif pair not in pairs:
+                pairs.append(pair)
+    return pairs
+
+
+def _run_transfer(pairs, settings, args, overrides) -> list[str]:
+    """Run the transfer pairs; the labels of their failed cells."""
+    from bench.transfer.track import run_pair
+
+    failed = []
+    adaptations = _csv(args.adaptations)
+    for source, target in pairs:
+        records = run_pair(source, target, settings, adaptations, overrides)
+        bad = [f"transfer/{source}__{target}/{r['method']}/seed{r['seed']}" for r in records if r["status"] != "ok"]
+        print(f"transfer {source} -> {target}: {len(records) - len(bad)} cells ok, {len(bad)} failed")
+        for label in bad:
+            print(f"FAILED {label} (see its JSON result for the error)")
+        failed += bad
+    return failed
 
 
 def run_settings(args, **changes):
@@ -337,7 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every registered method on every available dataset")
     p.add_argument("--methods", help="comma-separated method names")
     p.add_argument("--datasets", help="comma-separated dataset names")
-    _add_run_flags(p, set_help="override a method or dataset setting, e.g. --set synth-objects.image_size=64")
+    p.add_argument("--transfer", action="append", default=[], metavar="SRC:TGT",
+                   help="a source-free domain adaptation pair: every adaptation (adaptations/), source-only and "
+                        "target-supervised, seeds as --seeds; with --all, every declared pair found on disk")
+    p.add_argument("--adaptations", help="comma-separated adaptation names for --transfer (default: all)")
+    _add_run_flags(p, set_help="override a method, dataset or adaptation setting, e.g. --set synth-objects.image_size=64")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sweep", help="one method or dataset setting over several values, chosen on the validation "

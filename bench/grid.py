@@ -74,6 +74,9 @@ def build_cells(methods: list[str] | None, datasets: list[str] | None, settings:
     skipped: list[tuple[str, str]] = []
     cells: list[Cell] = []
     for dcls in dataset_classes:
+        if not datasets and not dcls.in_grid:
+            skipped.append((dcls.name, "a transfer target only (python -m bench run --transfer ...)"))
+            continue
         dataset = dcls(apply_overrides(dcls.Config(), overrides.get(dcls.name, {}), dcls.name))
         why = dataset.missing(settings.data_root)
         if why is not None:

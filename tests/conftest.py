@@ -9,6 +9,7 @@ CUDA_SKIP_REASON = "needs a CUDA device: none is visible (torch.cuda.is_availabl
 SMALL_DATASETS = {
     "synth-objects": {"n_train": "12", "n_val": "2", "n_test": "4", "image_size": "64"},
     "synth-tissue": {"n_train": "24", "n_val": "2", "n_test": "8", "image_size": "64"},
+    "synth-tissue-shifted": {"n_train": "24", "n_val": "2", "n_test": "8", "image_size": "64"},
     "synth-video": {"n_train": "4", "n_val": "1", "n_test": "2", "image_size": "32", "frames_per_shot": "4"},
 }
 

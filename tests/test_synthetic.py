@@ -12,7 +12,8 @@ from bench.data import synthetic as syn
 
 SMALL_OBJ = syn.SynthObjectsConfig(n_train=6, n_val=2, n_test=4)
 SMALL_TIS = syn.SynthTissueConfig(n_train=6, n_val=2, n_test=4)
-SMALL = {"synth-objects": SMALL_OBJ, "synth-tissue": SMALL_TIS}
+SMALL_SHIFTED = syn.SynthTissueShiftedConfig(n_train=6, n_val=2, n_test=4)
+SMALL = {"synth-objects": SMALL_OBJ, "synth-tissue": SMALL_TIS, "synth-tissue-shifted": SMALL_SHIFTED}
 
 
 def _files(root: Path):
@@ -89,7 +90,7 @@ def test_prepare_caches_and_regenerates_on_change(tmp_path):
 def test_configs_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         SMALL_OBJ.seed = 3  # type: ignore[misc]
-    assert set(syn.GENERATORS) == {"synth-objects", "synth-tissue"}
+    assert set(syn.GENERATORS) == {"synth-objects", "synth-tissue", "synth-tissue-shifted"}
 
 
 # ------------------------------------------------------------------ metadata format
@@ -116,11 +117,11 @@ def _parse(root: Path, name: str, split: str):
 def test_metadata_consistent(small_root, name, split):
     cfg = SMALL[name]
     ids, labels, sizes, loc = _parse(small_root, name, split)
-    per_class = getattr(cfg, f"n_{split}")
-    assert len(ids) == len(set(ids)) == per_class * cfg.num_classes
+    per_class = [cfg.count(split, c) for c in range(cfg.num_classes)]
+    assert len(ids) == len(set(ids)) == sum(per_class)
     assert set(ids) == set(labels) == set(sizes) == set(loc)
     counts = np.bincount(list(labels.values()), minlength=cfg.num_classes)
-    assert counts.tolist() == [per_class] * cfg.num_classes            # class balance
+    assert counts.tolist() == per_class            # class balance (the shifted variant's is uneven)
     for p in ids:
         assert p.startswith(f"{split}/{cfg.class_names()[labels[p]]}/") and p.endswith(".png")
         img = Image.open(small_root / name / p)
@@ -237,4 +238,4 @@ def test_default_suite_generation_time(tmp_path, capsys):
               + f", total {sum(times.values()):.1f} s (default configs)")
     counts = {n: len(_lines(tmp_path / "metadata" / n / "test" / "image_ids.txt"))
               for n in syn.GENERATORS}
-    assert counts == {"synth-objects": 200, "synth-tissue": 100}
+    assert counts == {"synth-objects": 200, "synth-tissue": 100, "synth-tissue-shifted": 100}

@@ -11,11 +11,14 @@ Two generators, both pure numpy + Pillow + scikit-image (no torch, no network):
     to look at the part; a plain CAM then tends to light the part and miss most of the body,
     while the ground truth box/mask covers body + part.
 
-``synth-tissue`` (mask annotation, fully negative images)
+``synth-tissue`` (mask annotation, fully negative images), and ``synth-tissue-shifted``
     Histology-like crops of scikit-image's immunohistochemistry slide with random
     rotation/flips and stain jitter in HED space. Class 0 ``normal`` has no ROI (empty mask
     field). Class 1 ``tumor`` has blob-shaped ROIs covering 10-40 % of the image in which the
     tissue is denser: more and darker haematoxylin "nuclei" and a shifted stain balance.
+    ``synth-tissue-shifted`` is the same generator with other parameters
+    (`SynthTissueShiftedConfig`: stain protocol, focus, scale, nuclei, class balance), the
+    target domain of the transfer track (bench/transfer).
 
 Layout under a data root ``R`` for a dataset ``NAME``::
 
@@ -38,7 +41,6 @@ the output is byte-identical for a given config and independent of generation or
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -51,8 +53,11 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
 from skimage import color as skcolor
 from skimage import data as skdata
+
+from bench.config import added_later, to_jsonable
 
 try:  # tqdm is a soft dependency: generation still works without it
     from tqdm.auto import tqdm
@@ -63,7 +68,7 @@ except ImportError:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "SynthObjectsConfig", "SynthTissueConfig", "generate_objects", "generate_tissue",
+    "SynthObjectsConfig", "SynthTissueConfig", "SynthTissueShiftedConfig", "generate_objects", "generate_tissue",
     "prepare", "GENERATORS", "PART_SHAPES", "SPLITS",
 ]
 
@@ -128,6 +133,9 @@ class SynthObjectsConfig:
     def class_names(self) -> Tuple[str, ...]:
         return PART_SHAPES[: self.num_classes]
 
+    def count(self, split: str, cls: int) -> int:
+        return getattr(self, f"n_{split}")
+
     def validate(self) -> None:
         if not 1 <= self.num_classes <= len(PART_SHAPES):
             raise ValueError(f"num_classes must be in [1, {len(PART_SHAPES)}]")
@@ -161,6 +169,13 @@ class SynthTissueConfig:
     edge_softness: sigma (pixels) of the blend between normal and tumor texture at the ROI
         border (the mask itself stays binary).
     noise_std: std of the i.i.d. Gaussian pixel noise added last (0-255 scale).
+    stain_gain, stain_offset: a constant per-channel (H, E, DAB) gain and optical-density
+        offset applied to every image after the per-image jitter: a lab's stain protocol
+        (the domain shift of ``synth-tissue-shifted``; identity by default).
+    blur: sigma (pixels) of a Gaussian blur of the optical densities before the noise, a
+        scanner's focus (0: none).
+    class_weights: images per class in each split are ``round(n_<split> * weight)``, the
+        class balance (normal, tumor); equal by default.
     """
 
     seed: int = 0
@@ -182,6 +197,12 @@ class SynthTissueConfig:
     tumor_nuclei_od: Tuple[float, float] = (0.035, 0.07)
     edge_softness: float = 1.0
     noise_std: float = 3.0
+    # added with the shifted variant; their defaults reproduce the images from before, and
+    # `to_jsonable` (configuration hashes) and GENERATOR.json leave them out at default
+    stain_gain: Tuple[float, float, float] = added_later((1.0, 1.0, 1.0))
+    stain_offset: Tuple[float, float, float] = added_later((0.0, 0.0, 0.0))
+    blur: float = added_later(0.0)
+    class_weights: Tuple[float, float] = added_later((1.0, 1.0))
 
     name = "synth-tissue"
 
@@ -198,7 +219,37 @@ class SynthTissueConfig:
         lo, hi = self.roi_fraction
         if not 0.0 < lo <= hi < 1.0:
             raise ValueError("roi_fraction must satisfy 0 < lo <= hi < 1")
+        if len(self.stain_gain) != 3 or len(self.stain_offset) != 3:
+            raise ValueError("stain_gain and stain_offset need one value per H, E, DAB channel")
+        if len(self.class_weights) != 2 or min(self.class_weights) < 0:
+            raise ValueError("class_weights needs two non-negative values (normal, tumor)")
+        if self.blur < 0:
+            raise ValueError("blur must be >= 0")
         _check_counts(self)
+
+    def count(self, split: str, cls: int) -> int:
+        return int(round(getattr(self, f"n_{split}") * self.class_weights[cls]))
+
+
+@dataclass(frozen=True)
+class SynthTissueShiftedConfig(SynthTissueConfig):
+    """``synth-tissue-shifted``: the tissue generator with a domain shift, the embedded target
+    of the transfer track (source ``synth-tissue``). Against the source defaults: a different
+    stain protocol (weaker haematoxylin, stronger eosin, a pink offset), a blurrier scanner,
+    a coarser scale (larger crops of the slide), tumour nuclei larger and sparser, and a
+    different class balance (70 % normal in every split). Its own seed, so no image repeats
+    a source image's draws."""
+
+    seed: int = 1
+    crop: Tuple[int, int] = (150, 260)
+    tumor_nuclei_density: float = 0.008
+    tumor_nuclei_radius: Tuple[float, float] = (1.4, 2.4)
+    stain_gain: Tuple[float, float, float] = (0.75, 1.6, 0.9)
+    stain_offset: Tuple[float, float, float] = (-0.004, 0.015, 0.0)
+    blur: float = 0.8
+    class_weights: Tuple[float, float] = (1.4, 0.6)
+
+    name = "synth-tissue-shifted"
 
 
 def _check_counts(cfg) -> None:
@@ -209,8 +260,7 @@ def _check_counts(cfg) -> None:
 
 def config_dict(name: str, cfg) -> dict:
     """The JSON document stored in GENERATOR.json (lists, not tuples, so it round-trips)."""
-    doc = {"name": name, "generator_version": GENERATOR_VERSION,
-           "config": dataclasses.asdict(cfg)}
+    doc = {"name": name, "generator_version": GENERATOR_VERSION, "config": to_jsonable(cfg)}
     return json.loads(json.dumps(doc))
 
 
@@ -496,6 +546,9 @@ def _tissue_sample(cfg: SynthTissueConfig, cls: int, split: str, idx: int):
     scale = rng.uniform(*cfg.stain_scale, size=3).astype(np.float32)
     shift = rng.uniform(*cfg.stain_shift, size=3).astype(np.float32)
     crop = crop * scale + shift
+    crop = crop * np.asarray(cfg.stain_gain, np.float32) + np.asarray(cfg.stain_offset, np.float32)
+    if cfg.blur > 0:
+        crop = ndimage.gaussian_filter(crop, (cfg.blur, cfg.blur, 0))
     rgb = skcolor.hed2rgb(crop).astype(np.float32)
     rgb = rgb + rng.normal(0, cfg.noise_std / 255.0, size=rgb.shape).astype(np.float32)
     return _to_u8(rgb), mask
@@ -540,11 +593,13 @@ def _finish(img_root: Path, name: str, cfg) -> None:
 
 def _jobs(cfg):
     return [(split, cls, i) for split in SPLITS for cls in range(cfg.num_classes)
-            for i in range(getattr(cfg, f"n_{split}"))]
+            for i in range(cfg.count(split, cls))]
 
 
-def _image_path(split: str, cls_name: str, cls: int, i: int, per_class: int) -> str:
-    return f"{split}/{cls_name}/{cls * per_class + i:06d}.png"
+def _image_path(cfg, split: str, cls: int, i: int) -> str:
+    """The image's path; ids count on over the classes of the split (equal counts: cls * n + i)."""
+    first = sum(cfg.count(split, c) for c in range(cls))
+    return f"{split}/{cfg.class_names()[cls]}/{first + i:06d}.png"
 
 
 def generate_objects(root: Path, cfg: Optional[SynthObjectsConfig] = None) -> None:
@@ -553,11 +608,9 @@ def generate_objects(root: Path, cfg: Optional[SynthObjectsConfig] = None) -> No
     cfg.validate()
     name = SynthObjectsConfig.name
     img_root, meta_root = _prepare_dirs(root, name)
-    names = cfg.class_names()
     meta = {s: {"ids": [], "labels": [], "sizes": [], "boxes": [], "masks": []} for s in SPLITS}
     for split, cls, i in tqdm(_jobs(cfg), desc=name, unit="img", leave=False):
-        per = getattr(cfg, f"n_{split}")
-        path = _image_path(split, names[cls], cls, i, per)
+        path = _image_path(cfg, split, cls, i)
         mpath = path[:-4] + "_mask.png"
         img, mask, box = _objects_sample(cfg, split, cls, i)
         _save_png(img, img_root / path, "RGB")
@@ -573,16 +626,15 @@ def generate_objects(root: Path, cfg: Optional[SynthObjectsConfig] = None) -> No
 
 
 def generate_tissue(root: Path, cfg: Optional[SynthTissueConfig] = None) -> None:
-    """Write ``synth-tissue`` under ``root`` (see the module docstring for the layout)."""
+    """Write ``synth-tissue`` (or, with a `SynthTissueShiftedConfig`, ``synth-tissue-shifted``)
+    under ``root`` (see the module docstring for the layout)."""
     cfg = cfg or SynthTissueConfig()
     cfg.validate()
-    name = SynthTissueConfig.name
+    name = cfg.name
     img_root, meta_root = _prepare_dirs(root, name)
-    names = cfg.class_names()
     meta = {s: {"ids": [], "labels": [], "sizes": [], "masks": []} for s in SPLITS}
     for split, cls, i in tqdm(_jobs(cfg), desc=name, unit="img", leave=False):
-        per = getattr(cfg, f"n_{split}")
-        path = _image_path(split, names[cls], cls, i, per)
+        path = _image_path(cfg, split, cls, i)
         img, mask = _tissue_sample(cfg, cls, split, i)
         _save_png(img, img_root / path, "RGB")
         if mask is not None:
@@ -602,6 +654,7 @@ def generate_tissue(root: Path, cfg: Optional[SynthTissueConfig] = None) -> None
 GENERATORS: Dict[str, Tuple[type, Callable]] = {
     "synth-objects": (SynthObjectsConfig, generate_objects),
     "synth-tissue": (SynthTissueConfig, generate_tissue),
+    "synth-tissue-shifted": (SynthTissueShiftedConfig, generate_tissue),
 }
 
 

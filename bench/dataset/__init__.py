@@ -16,7 +16,7 @@ from bench.dataset.metadata import MetadataDataset, MetadataImages, load_image, 
 from bench.dataset.protocol import EVAL_SIZE, IGNORE
 from bench.dataset.synthetic import Generated, SyntheticDataset, SyntheticVideoDataset
 from bench.dataset.video import ShotClipSampler, ShotFrames, VideoDataset, VideoFrames, clip_lengths
-from bench.data.synthetic import SynthObjectsConfig, SynthTissueConfig
+from bench.data.synthetic import SynthObjectsConfig, SynthTissueConfig, SynthTissueShiftedConfig
 from bench.data.synthetic_video import MOTIONS, SynthVideoConfig, prepare_video
 from bench.registry import register_dataset
 
@@ -24,4 +24,4 @@ __all__ = ["Dataset", "Splits", "collate", "MetadataDataset", "MetadataImages", 
            "FoldedMetadataDataset", "FoldConfig", "NUM_FOLDS", "VideoDataset", "VideoFrames", "ShotFrames",
            "ShotClipSampler", "clip_lengths", "SyntheticDataset", "SyntheticVideoDataset", "Generated", "IGNORE", "EVAL_SIZE",
            "PaperSchedule", "EmptyConfig", "register_dataset", "make_loader", "SynthObjectsConfig",
-           "SynthTissueConfig", "SynthVideoConfig", "MOTIONS", "prepare_video"]
+           "SynthTissueConfig", "SynthTissueShiftedConfig", "SynthVideoConfig", "MOTIONS", "prepare_video"]

@@ -34,6 +34,7 @@ class Dataset:
     num_classes: int = 0
     eval_size: int = EVAL_SIZE  # score maps and ground truth are compared at eval_size x eval_size
     synthetic: bool = False  # generated on the spot (never "missing")
+    in_grid: bool = True  # False: `run --all` leaves it out of the grid (a transfer track's target)
     # The reference papers' training runs on this dataset, taken by the `paper` budget
     # (`bench.config.resolve_budget`): the stage-1 CAM classifier's and a method's own training's
     # (decoders). None: not published, the budget's generic settings.
