@@ -19,8 +19,8 @@ def writer(results_dir, name: str, start) -> None:
     often overwrite the other's newer tables with its older snapshot."""
     import bench.leaderboard as lb
 
-    read = lb.load_results
-    lb.load_results = lambda folder: (read(folder), time.sleep(0.05))[0]
+    read = lb.load_entries
+    lb.load_entries = lambda folder: (read(folder), time.sleep(0.05))[0]
     start.wait()
     for i in range(PER_WRITER):
         r = dict(record(f"{name}-{i:02d}", 0, float(i)), schema=2, checksum="")
