@@ -29,13 +29,14 @@ class PluginLoadError(ImportError):
     (exception type, message, and the line of the file where it was raised)."""
 
     def __init__(self, path: Path, err: BaseException):
-        self.path = Path(path)
+        path = Path(path)
         first = (str(err).strip().splitlines() or [""])[0]
         line = err.lineno if isinstance(err, SyntaxError) and err.lineno else next(
             (f.lineno for f in reversed(traceback.extract_tb(err.__traceback__))
-             if Path(f.filename).resolve() == self.path), None)
+             if Path(f.filename).resolve() == path), None)
         self.reason = f"{type(err).__name__}: {first}" + (f" (line {line})" if line else "")
-        super().__init__(f"{self.path}: {self.reason}")
+        super().__init__(f"{path}: {self.reason}")
+        self.path = path  # after ImportError.__init__, which sets its own `path` attribute
 
 
 class UnknownNameError(KeyError):
