@@ -285,12 +285,12 @@ def empty_folder_message(results_dir: Path) -> str:
 def check_entries(results_dir: Path, methods: set[str] | None = None, allow_empty: bool = False) -> list[Problem]:
     """Every problem of every entry under `results_dir` (of `methods` only, when given): schema,
     checksum, config hash, method code hash, layout, duplicate cells; and, for the whole folder,
-    the plugin files that failed to import. A missing folder, or one without any entry unless
-    `allow_empty`, raises `ResultsFolderError` (a mistyped --results is not "all valid")."""
+    the plugin files that failed to import. A missing folder, or one without any entry, raises
+    `ResultsFolderError` unless `allow_empty` (a mistyped --results is not "all valid")."""
     from bench.registry import plugin_failures
 
     results_dir = Path(results_dir)
-    if not entry_files(results_dir) and not allow_empty:
+    if not allow_empty and not entry_files(results_dir):
         raise ResultsFolderError(empty_folder_message(results_dir))
     method_hashes = _method_file_hashes()
     problems: list[Problem] = []

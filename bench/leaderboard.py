@@ -227,11 +227,12 @@ def write_leaderboard(results_dir: Path, out_dir: Path, reported: Path | None = 
     last table write, so tables written by concurrent runs are never older than the entries
     finished before they started.
 
-    A missing result folder raises `ResultsFolderError`; so does one without a publishable
-    entry unless `allow_empty`: a mistyped --results never replaces the tables with empty ones."""
+    A missing result folder, or one without a publishable entry, raises `ResultsFolderError`
+    unless `allow_empty`: a mistyped --results never replaces the tables with empty ones."""
     published = load_reported(reported) if reported is not None and Path(reported).is_file() else []
     readme, table = Path(out_dir) / "README.md", Path(out_dir) / "results.csv"
-    entry_files(results_dir)  # a missing folder fails before its lock file would create it
+    if not allow_empty:
+        entry_files(results_dir)  # a missing folder fails before its lock file would create it
     with results_lock(results_dir):
         records, excluded = load_entries(results_dir)
         if not records and not allow_empty:

@@ -39,6 +39,11 @@ def test_check_of_a_missing_or_empty_results_folder_is_an_error(tmp_path, capsys
     err = capsys.readouterr().err
     assert str(wrong) in err and "does not exist" in err and "all valid" not in err
     assert not wrong.exists(), "checking a folder must not create it"
+    from bench.entries import ResultsFolderError, check_entries
+
+    with pytest.raises(ResultsFolderError, match=f"result folder {wrong} does not exist"):
+        check_entries(wrong)
+    assert check_entries(wrong, allow_empty=True) == []
     wrong.mkdir()
     assert main(["leaderboard", "--check", "--results", str(wrong)]) == 2
     assert "holds no entry" in capsys.readouterr().err
