@@ -202,6 +202,21 @@ def test_a_decompression_bomb_is_refused_naming_the_file(tree, monkeypatch):
     assert len([e for e in report.errors if "is refused" in e]) == 12, "every image was still checked"
 
 
+@pytest.mark.xfail(strict=True, reason="until bench.dataset's load_image/load_mask open files with "
+                                       "bench.data.images.read_image")
+def test_a_run_entry_names_the_image_it_refused(tree, tmp_path, monkeypatch):
+    from bench.config import BUDGETS
+    from bench.registry import get_method
+    from bench.runner import run_cell
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200)
+    method = get_method("center")
+    entry = run_cell(method, method.Config(), TinyBoxes(), BUDGETS["smoke"], 0, data_root=tree,
+                     results_dir=tmp_path / "results", cache_dir=tmp_path / "cache", device=torch.device("cpu"))
+    assert entry["status"] == "failed"
+    assert "tiny-boxes/" in entry["error"] and ".png: image is refused" in entry["error"], entry["error"]
+
+
 def test_a_symlink_leaving_the_image_root_is_refused(tree, tmp_path):
     from bench.data.images import ImageFileError, read_image
 

@@ -4,7 +4,10 @@ Every split folder the dataset reads is parsed leniently (all malformed lines an
 in one file but not another are collected, with file and line), then every image is opened
 (header only unless `decode=True`), boxes are checked against the real image size, masks are
 opened and compared with their image's size, and the split sizes are compared with the
-published ones (a warning only: subsets are legitimate)."""
+published ones (a warning only: subsets are legitimate). Images are opened as
+`bench.data.images` does for a run: regular files inside the resolved image root only (a
+symlink leaving it or a FIFO is an error, never followed or waited on), decompression bombs
+refused; a line that is not UTF-8 is an error with its file:line and the check goes on."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
