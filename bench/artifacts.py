@@ -142,9 +142,27 @@ def write_artifacts(cell_json: Path, dataset, collector: SampleCollector | None,
     return {"file": path.name, "sha256": hashlib.sha256(data).hexdigest(), "samples": samples}
 
 
+class ArtifactError(ValueError):
+    """An artifact file that cannot be loaded (the message names it and says why)."""
+
+
 def load_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+    """The arrays of an artifact file; never unpickles: a file holding object (pickled) arrays
+    is refused with an `ArtifactError` naming it, as is one that is not a readable .npz."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise ArtifactError(f"{path}: not an .npz archive (a single .npy array)")
+            return {k: data[k] for k in data.files}
+    except ArtifactError:
+        raise
+    except ValueError as err:
+        if "allow_pickle" in str(err):
+            raise ArtifactError(f"{path}: holds pickled (object) arrays, refused: artifacts are loaded "
+                                f"without unpickling") from None
+        raise ArtifactError(f"{path}: not a readable .npz archive ({err})") from None
+    except Exception as err:  # zipfile.BadZipFile, OSError, EOFError from a damaged file
+        raise ArtifactError(f"{path}: not a readable .npz archive ({type(err).__name__}: {err})") from None
 
 
 def curves_of(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:

@@ -67,7 +67,13 @@ def cmd_list(args) -> int:
             why = m.skip(d())
             pairs.append([m.name, d.name, "yes" if why is None else f"no: {why}"])
     print(tabulate(pairs, headers=["method", "dataset", "compatible"]))
+    from bench.registry import plugin_failures
     from bench.transfer import TRANSFER_PAIRS, all_adaptations
+
+    if plugin_failures():
+        print("\nPlugin files that failed to import (left out):")
+        for failure in plugin_failures():
+            print(f"  {failure}")
 
     print("\nAdaptations (run --transfer SRC:TGT):")
     print(tabulate([[a.name, (a.__doc__ or "").strip().splitlines()[0] if a.__doc__ else ""]
@@ -99,7 +105,8 @@ def cmd_run(args) -> int:
         print(f"{len(cells)} cells, {_describe(settings)}")
         report = run_grid(cells, settings)
     transfer_failed = _run_transfer(pairs, settings, args, {**overrides, **adaptation_sets})
-    readme, _ = write_leaderboard(settings.results_dir, settings.results_dir.parent)
+    # allow_empty: a --no-wait job array has written nothing yet
+    readme, _ = write_leaderboard(settings.results_dir, settings.results_dir.parent, allow_empty=True)
     if report is None:
         print(f"tables in {readme}")
         return 1 if transfer_failed else 0
@@ -298,7 +305,10 @@ def cmd_leaderboard(args) -> int:
         from bench.entries import check_entries
         from bench.leaderboard import REPORTED_CSV, load_reported
 
-        problems = [str(p) for p in check_entries(args.results)]
+        from bench.transfer.entries import check_transfer_entries
+
+        problems = [str(p) for p in check_entries(args.results, allow_empty=args.allow_empty)]
+        problems += [str(p) for p in check_transfer_entries(args.results)]
         try:
             load_reported(args.reported or REPORTED_CSV)
         except (OSError, ValueError) as err:
@@ -309,8 +319,11 @@ def cmd_leaderboard(args) -> int:
         print(f"{len(problems)} problem(s) in {n} entries under {args.results}" if problems
               else f"{n} entries under {args.results}: all valid")
         return 1 if problems else 0
-    readme, csv = write_leaderboard(args.results, args.out or args.results.parent)
-    print(f"wrote {readme} and {csv}")
+    published = write_leaderboard(args.results, args.out or args.results.parent, allow_empty=args.allow_empty)
+    print(f"wrote {published.readme} and {published.table}")
+    if published.excluded:
+        print(f"left out {len(published.excluded)} entries that fail their checks (warnings above; "
+              f"leaderboard --check lists every problem)")
     return 0
 
 
@@ -412,8 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(p, results=False, set_help="other settings, fixed for every value")
     p.set_defaults(func=cmd_sweep, results=None)
 
-    p = sub.add_parser("submit", help="run one new method file under the protocol, validate and table its entries "
-                                      "(imports and runs the file: it is code)")
+    p = sub.add_parser("submit", help="run one new method file under the protocol, validate and table its entries. "
+                                      "Imports FILE and every plugin file: their code runs with your rights, so "
+                                      "submit only code you have read")
     p.add_argument("file", type=Path, help="the method's plugin file, e.g. methods/mine.py (one registered method)")
     _add_run_flags(p, budget_default=None,
                    budget_help="NOT the protocol: smoke/tests only (default: the protocol's budget, quick); entries "
@@ -429,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validate every entry (schema, checksum, config hash, method code hash, duplicates) and "
                         "reported.csv; exit 1 listing each problem; writes nothing")
     p.add_argument("--reported", type=Path, help="reported.csv to validate with --check (default leaderboard/reported.csv)")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="accept a result folder without entries (and write empty tables); by default a missing or "
+                        "empty --results is an error")
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("report", help="static HTML report: tables, CAM overlays, threshold and PR curves, kernels")

@@ -32,6 +32,165 @@ REQUIRED: dict[str, type | tuple[type, ...]] = {
 }
 
 
+# An entry is a few KB; these bounds keep a corrupt or hostile file from exhausting memory or
+# the interpreter's recursion limit before the schema check can name it.
+MAX_ENTRY_BYTES = 1 << 20
+MAX_ENTRY_DEPTH = 32
+
+# optional keys -> type(s) when present (None allowed for every one of them)
+OPTIONAL: dict[str, type | tuple[type, ...]] = {
+    "val_metrics": dict, "artifacts": dict, "submission": dict, "error": str, "traceback": str, "extension": str,
+}
+_NUMBER = (int, float)
+
+
+class EntryError(ValueError):
+    """An entry file that cannot be used: unreadable, not JSON, too large or deep, or not of the
+    entry schema. The message is `file: reason`."""
+
+    def __init__(self, path, reason: str | list[str]):
+        self.reasons = [reason] if isinstance(reason, str) else list(reason)
+        self.path, self.reason = str(path), "; ".join(self.reasons)
+        super().__init__(f"{self.path}: {self.reason}")
+
+
+class ResultsFolderError(ValueError):
+    """A result folder that is missing or holds no entry (a mistyped --results): never read as
+    "nothing to publish"."""
+
+
+def _depth(text: str) -> int:
+    """Deepest nesting of arrays/objects in JSON `text`, brackets inside strings not counted."""
+    brackets = re.sub(r"[^\[\]{}]", "", re.sub(r'"(?:[^"\\]|\\.)*"', "", text))
+    depth = deepest = 0
+    for ch in brackets:
+        depth += 1 if ch in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, _NUMBER) and not isinstance(value, bool)
+
+
+def schema_reasons(record) -> list[str]:
+    """Why `record` (parsed JSON) is not of the entry schema: the type of every required field,
+    of the optional ones present, and of the values the tables read (metrics, timings,
+    code_version, artifacts, submission). Empty when the tables can use it safely."""
+    if not isinstance(record, dict):
+        return [f"not a JSON object (a JSON {type(record).__name__})"]
+    reasons: list[str] = []
+    for key, kind in REQUIRED.items():
+        if key not in record:
+            reasons.append(f"missing field {key!r}" + (" (written before entries were sealed: rerun the cell)"
+                                                        if key == "checksum" else ""))
+        elif not isinstance(record[key], kind) or (kind is int and isinstance(record[key], bool)):
+            reasons.append(f"field {key!r} is {type(record[key]).__name__}, expected "
+                           f"{getattr(kind, '__name__', kind)}")
+    for key, kind in OPTIONAL.items():
+        if record.get(key) is not None and not isinstance(record[key], kind):
+            reasons.append(f"field {key!r} is {type(record[key]).__name__}, expected {kind.__name__} or null")
+    if reasons:
+        return reasons
+    for key in ("metrics", "timings", "val_metrics"):
+        bad = [k for k, v in (record.get(key) or {}).items() if not _is_number(v)]
+        if bad:
+            reasons.append(f"{key} {bad[0]!r} is {type(record[key][bad[0]]).__name__}, expected a number")
+    sha = record["code_version"].get("method_file_sha256")
+    if sha is not None and not isinstance(sha, str):
+        reasons.append("code_version.method_file_sha256 is not a string")
+    artifacts = record.get("artifacts") or {}
+    for key in ("file", "sha256"):
+        if artifacts and not isinstance(artifacts.get(key), str):
+            reasons.append(f"artifacts.{key} is not a string")
+    deviations = (record.get("submission") or {}).get("deviations", [])
+    if not (isinstance(deviations, list) and all(isinstance(d, str) for d in deviations)):
+        reasons.append("submission.deviations is not a list of strings")
+    return reasons
+
+
+def parse_entry(path: Path) -> dict:
+    """Read and validate one entry file (size, UTF-8, JSON, nesting depth, schema); raises
+    `EntryError` naming the file and the reason. The checksum is not checked here."""
+    path = Path(path)
+    try:
+        if not path.is_file():
+            raise EntryError(path, "not a regular file")
+        size = path.stat().st_size
+        if size > MAX_ENTRY_BYTES:
+            raise EntryError(path, f"{size} bytes, more than the {MAX_ENTRY_BYTES} an entry may have")
+        data = path.read_bytes()
+    except OSError as err:
+        raise EntryError(path, f"cannot be read ({err.strerror or err})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise EntryError(path, f"not UTF-8 text (byte {err.start})") from None
+    depth = _depth(text)
+    if depth > MAX_ENTRY_DEPTH:
+        raise EntryError(path, f"JSON nested {depth} levels deep, more than the {MAX_ENTRY_DEPTH} an entry may have")
+    try:
+        record = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise EntryError(path, f"not valid JSON ({err})") from None
+    reasons = schema_reasons(record)
+    if reasons:
+        raise EntryError(path, reasons)
+    return record
+
+
+def read_entry(path: Path) -> dict | None:
+    """The entry at `path` when it is a readable, schema-valid entry, else None (for resume:
+    an unusable entry is a cell to rerun, never a crash)."""
+    try:
+        return parse_entry(path)
+    except EntryError:
+        return None
+
+
+def is_finished_entry(path: Path, expected_hash: str, method_sha256: str | None) -> bool:
+    """A finished cell: a schema-valid entry of the current schema, status ok, intact
+    (checksum), with the expected config hash, written by the method file as it is now."""
+    record = read_entry(path)
+    if record is None:
+        return False
+    return (record["status"] == "ok" and record["config_hash"] == expected_hash
+            and record["schema"] == RESULT_SCHEMA and record["checksum"] == entry_checksum(record)
+            and record["code_version"].get("method_file_sha256") == method_sha256)
+
+
+def integrity_reasons(record: dict, path: Path, results_dir: Path) -> list[str]:
+    """Why a schema-valid entry cannot be published at all: another schema version, a checksum
+    that does not match (edited by hand), a config hash that is not its config's, or a file
+    that lies at another cell's path."""
+    reasons: list[str] = []
+    if record["schema"] != RESULT_SCHEMA:
+        reasons.append(f"schema {record['schema']}, this harness writes schema {RESULT_SCHEMA} (rerun the cell)")
+    if record["checksum"] != entry_checksum(record):
+        reasons.append("checksum does not match the content (edited after the runner wrote it)")
+    rel = Path(path).relative_to(results_dir).parts
+    where = (record["dataset"], record["method"], f"seed{record['seed']}.json")
+    if tuple(rel) != where:
+        reasons.append(f"lies at {'/'.join(rel)} but is the cell {'/'.join(where)}")
+    cfg = record["config"]
+    if record["config_hash"] != config_hash(cfg):
+        reasons.append(f"config_hash {record['config_hash']} is not the hash of its config ({config_hash(cfg)})")
+    return reasons
+
+
+TRANSFER_FOLDER = "transfer"  # the transfer track's entries, checked by bench.transfer.entries
+
+
+def entry_files(results_dir: Path) -> list[Path]:
+    """The entry files of a result folder (<dataset>/<method>/seed<k>.json); raises
+    `ResultsFolderError` when the folder does not exist or is not a folder."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise ResultsFolderError(f"result folder {results_dir} does not exist" if not results_dir.exists()
+                                 else f"result folder {results_dir} is not a folder")
+    return sorted(p for p in results_dir.glob("*/*/seed*.json") if ENTRY_NAME.match(p.name))
+
+
 def entry_checksum(record: dict) -> str:
     body = {k: v for k, v in record.items() if k not in ("checksum", "_path")}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True)
@@ -81,27 +240,11 @@ def _method_file_hashes() -> dict[str, str | None]:
 
 def check_record(record: dict, path: Path, results_dir: Path, method_hashes: dict[str, str | None]) -> list[str]:
     """Reasons why one entry is not a valid leaderboard entry (empty when it is)."""
-    reasons: list[str] = []
-    for key, kind in REQUIRED.items():
-        if key not in record:
-            reasons.append(f"missing field {key!r}" + (" (written before entries were sealed: rerun the cell)"
-                                                        if key == "checksum" else ""))
-        elif not isinstance(record[key], kind) or (kind is int and isinstance(record[key], bool)):
-            reasons.append(f"field {key!r} is {type(record[key]).__name__}, expected "
-                           f"{getattr(kind, '__name__', kind)}")
+    reasons = schema_reasons(record)
     if reasons:
         return reasons
-    if record["schema"] != RESULT_SCHEMA:
-        reasons.append(f"schema {record['schema']}, this harness writes schema {RESULT_SCHEMA} (rerun the cell)")
-    if record["checksum"] != entry_checksum(record):
-        reasons.append("checksum does not match the content (edited after the runner wrote it)")
-    rel = path.relative_to(results_dir).parts
-    where = (record["dataset"], record["method"], f"seed{record['seed']}.json")
-    if tuple(rel) != where:
-        reasons.append(f"lies at {'/'.join(rel)} but is the cell {'/'.join(where)}")
+    reasons = integrity_reasons(record, path, results_dir)
     cfg = record["config"]
-    if record["config_hash"] != config_hash(cfg):
-        reasons.append(f"config_hash {record['config_hash']} is not the hash of its config ({config_hash(cfg)})")
     for key in ("method", "dataset", "seed", "backbone"):
         if key in cfg and cfg[key] != record[key]:
             reasons.append(f"{key} is {record[key]!r} but its config says {cfg[key]!r}")
@@ -137,30 +280,42 @@ def check_record(record: dict, path: Path, results_dir: Path, method_hashes: dic
     return reasons
 
 
-def check_entries(results_dir: Path, methods: set[str] | None = None) -> list[Problem]:
+def empty_folder_message(results_dir: Path) -> str:
+    return (f"result folder {results_dir} holds no entry (<dataset>/<method>/seed<k>.json); "
+            f"is --results mistyped? (allow_empty / --allow-empty accepts an empty folder)")
+
+
+def check_entries(results_dir: Path, methods: set[str] | None = None, allow_empty: bool = False) -> list[Problem]:
     """Every problem of every entry under `results_dir` (of `methods` only, when given): schema,
-    checksum, config hash, method code hash, layout, duplicate cells."""
+    checksum, config hash, method code hash, layout, duplicate cells; and, for the whole folder,
+    the plugin files that failed to import. A missing folder, or one without any entry, raises
+    `ResultsFolderError` unless `allow_empty` (a mistyped --results is not "all valid")."""
+    from bench.registry import plugin_failures
+
     results_dir = Path(results_dir)
+    if not allow_empty and not entry_files(results_dir):
+        raise ResultsFolderError(empty_folder_message(results_dir))
     method_hashes = _method_file_hashes()
     problems: list[Problem] = []
+    if methods is None:
+        problems += [Problem(str(f.path), f"plugin file failed to import: {f.reason}") for f in plugin_failures()]
     cells: dict[tuple, list[Path]] = defaultdict(list)
     for path in sorted(results_dir.rglob("*.json")):
         rel = path.relative_to(results_dir)
+        if rel.parts[0] == TRANSFER_FOLDER:
+            continue
         if len(rel.parts) != 3 or not ENTRY_NAME.match(rel.name):
             problems.append(Problem(str(path), "not an entry path (<dataset>/<method>/seed<k>.json)"))
             continue
         if methods is not None and rel.parts[1] not in methods:
             continue
         try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            problems.append(Problem(str(path), f"not valid JSON ({err})"))
-            continue
-        if not isinstance(record, dict):
-            problems.append(Problem(str(path), "not a JSON object"))
+            record = parse_entry(path)
+        except EntryError as err:
+            problems += [Problem(err.path, reason) for reason in err.reasons]
             continue
         problems += [Problem(str(path), r) for r in check_record(record, path, results_dir, method_hashes)]
-        cells[(record.get("dataset"), record.get("method"), record.get("seed"))].append(path)
+        cells[(record["dataset"], record["method"], record["seed"])].append(path)
     for (dataset, method, seed), paths in cells.items():
         if len(paths) > 1:
             for path in paths:

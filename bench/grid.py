@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.config import apply_overrides, config_hash
-from bench.entries import RESULT_SCHEMA, entry_checksum, method_file_sha256
+from bench.entries import is_finished_entry as is_finished
+from bench.entries import method_file_sha256
 from bench.io import check_writable
 from bench.registry import all_datasets, all_methods, get_dataset, get_method
 from bench.runner import cell_config, result_path
@@ -93,23 +94,6 @@ def build_cells(methods: list[str] | None, datasets: list[str] | None, settings:
             mine = {o: dict(kv) for o, kv in overrides.items() if o in (mcls.name, dcls.name)}
             cells.extend(Cell(mcls.name, dcls.name, seed, mine) for seed in settings.seeds)
     return cells, skipped
-
-
-def is_finished(path: Path, expected_hash: str, method_sha256: str | None) -> bool:
-    """A finished cell: a sealed entry of the current schema, intact (checksum), with the
-    expected config hash and written by the method file as it is now (`method_sha256`, from
-    `bench.entries.method_file_sha256`). Older, edited or stale entries are rerun, as
-    `leaderboard --check` would reject them."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    if not isinstance(record, dict):
-        return False
-    written_by = (record.get("code_version") or {}).get("method_file_sha256")
-    return (record.get("status") == "ok" and record.get("config_hash") == expected_hash
-            and record.get("schema") == RESULT_SCHEMA and record.get("checksum") == entry_checksum(record)
-            and written_by == method_sha256)
 
 
 def _refuse_other_runs(paths: list[Path], settings: RunSettings) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import json
+import logging
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -12,8 +12,12 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
+from bench.entries import (EntryError, Problem, ResultsFolderError, empty_folder_message, entry_files,
+                           integrity_reasons, parse_entry)
 from bench.io import atomic_write_text, results_lock
 from bench.registry import REPO_ROOT
+
+log = logging.getLogger(__name__)
 
 REPORTED_CSV = REPO_ROOT / "leaderboard" / "reported.csv"
 REPORTED_COLUMNS = ("method", "dataset", "metric", "backbone", "value", "paper")
@@ -24,16 +28,33 @@ SHOWN = ("MaxBoxAccV2", "MaxBoxAcc", "Top-1 Loc", "Top-1 Cls", "PxAP", "Dice-fg"
 SUBSET_PREFIX = "CorLoc-"  # CorLoc on a subset of a video dataset (e.g. CorLoc-slow), shown after SHOWN
 
 
-def load_results(results_dir: Path) -> list[dict]:
-    out = []
-    for path in sorted(Path(results_dir).glob("*/*/seed*.json")):
+def load_entries(results_dir: Path) -> tuple[list[dict], list[Problem]]:
+    """(records, excluded) of a result folder: every entry that can be published, and one
+    `Problem` per entry file that cannot (unreadable, malformed, or failing its integrity
+    checks: another schema, a checksum mismatch from a hand edit, a config hash that is not its
+    config's, a misplaced file). Staleness (a method file changed since) is `--check`'s."""
+    results_dir = Path(results_dir)
+    records, excluded = [], []
+    for path in entry_files(results_dir):
         try:
-            record = json.loads(path.read_text())
-        except ValueError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
+            record = parse_entry(path)
+        except EntryError as err:
+            excluded.append(Problem(err.path, err.reason))
+            continue
+        reasons = integrity_reasons(record, path, results_dir)
+        if reasons:
+            excluded.append(Problem(str(path), "; ".join(reasons)))
+            continue
         record["_path"] = str(path)
-        out.append(record)
-    return out
+        records.append(record)
+    for problem in excluded:
+        log.warning("entry excluded from the tables: %s", problem)
+    return records, excluded
+
+
+def load_results(results_dir: Path) -> list[dict]:
+    """The publishable entries of a result folder (see `load_entries`; the others are logged)."""
+    return load_entries(results_dir)[0]
 
 
 @dataclass(frozen=True)
@@ -186,14 +207,38 @@ def to_frame(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["dataset", "method", "seed"]) if rows else pd.DataFrame()
 
 
-def write_leaderboard(results_dir: Path, out_dir: Path, reported: Path | None = REPORTED_CSV) -> tuple[Path, Path]:
-    """Regenerate README.md and results.csv in `out_dir` from every entry in `results_dir`.
-    Holds the result folder's lock from reading the entries to the last table write, so tables
-    written by concurrent runs are never older than the entries finished before they started."""
+@dataclass(frozen=True)
+class Published:
+    """What `write_leaderboard` wrote, and the entries it left out. Unpacks as (readme, table)."""
+
+    readme: Path
+    table: Path
+    excluded: list[Problem]
+
+    def __iter__(self):
+        return iter((self.readme, self.table))
+
+
+def write_leaderboard(results_dir: Path, out_dir: Path, reported: Path | None = REPORTED_CSV,
+                      allow_empty: bool = False) -> Published:
+    """Regenerate README.md and results.csv in `out_dir` from every publishable entry in
+    `results_dir`; entries that fail their integrity checks are left out, each with a warning,
+    and returned in `.excluded`. Holds the result folder's lock from reading the entries to the
+    last table write, so tables written by concurrent runs are never older than the entries
+    finished before they started.
+
+    A missing result folder, or one without a publishable entry, raises `ResultsFolderError`
+    unless `allow_empty`: a mistyped --results never replaces the tables with empty ones."""
     published = load_reported(reported) if reported is not None and Path(reported).is_file() else []
     readme, table = Path(out_dir) / "README.md", Path(out_dir) / "results.csv"
+    if not allow_empty:
+        entry_files(results_dir)  # a missing folder fails before its lock file would create it
     with results_lock(results_dir):
-        records = load_results(results_dir)
+        records, excluded = load_entries(results_dir)
+        if not records and not allow_empty:
+            raise ResultsFolderError(empty_folder_message(results_dir) if not excluded else
+                                     f"no entry of {results_dir} can be published ({len(excluded)} excluded); "
+                                     f"the tables are left as they were")
         atomic_write_text(readme, render_markdown(records, published))
         atomic_write_text(table, to_frame(records).to_csv(index=False, float_format="%.4f"))
-    return readme, table
+    return Published(readme, table, excluded)

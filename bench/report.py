@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
+import logging
 import re
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from bench.artifacts import curves_of, load_npz
+from bench.artifacts import ArtifactError, curves_of, load_npz
+from bench.entries import entry_files
 from bench.io import atomic_write_text, results_lock
 from bench.leaderboard import REPORTED_CSV, SHOWN, fmt_mean_std, load_reported, load_results, summarize
+
+log = logging.getLogger(__name__)
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -68,6 +72,16 @@ def _artifacts(records: list[dict]) -> dict[str, dict[str, list[tuple[dict, Path
     return out
 
 
+def _load_or_warn(path: Path) -> dict:
+    """The arrays of an artifact file, or none (with a warning naming it) when it cannot be
+    loaded: one bad file leaves its figure out, not the whole report."""
+    try:
+        return load_npz(path)
+    except ArtifactError as err:
+        log.warning("artifact left out of the report: %s", err)
+        return {}
+
+
 def sample_grid(dataset: str, methods: list[str], cells: dict, results_dir: Path, path: Path) -> Path | None:
     """Rows: the images with their ground truth, then one row per method (its CAM overlaid)."""
     plt = _plt()
@@ -77,14 +91,16 @@ def sample_grid(dataset: str, methods: list[str], cells: dict, results_dir: Path
         for entry, npz in cells.get(m, []):
             name = entry["artifacts"].get("samples")
             if name and (samples_name is None or name == samples_name):
-                arrays = load_npz(npz)
+                arrays = _load_or_warn(npz)
                 if "cams" in arrays:
                     samples_name = name
                     chosen.append((m, arrays["cams"]))
                     break
     if not chosen or not (results_dir / dataset / samples_name).is_file():
         return None
-    shared = load_npz(results_dir / dataset / samples_name)
+    shared = _load_or_warn(results_dir / dataset / samples_name)
+    if not shared:
+        return None
     images, k = shared["images"], shared["images"].shape[0]
     rows = 1 + len(chosen)
     fig, axes = plt.subplots(rows, k, figsize=(1.7 * k + 1.2, 1.7 * rows), squeeze=False)
@@ -116,7 +132,7 @@ def sample_grid(dataset: str, methods: list[str], cells: dict, results_dir: Path
 
 def _mean_curves(cells: list[tuple[dict, Path]]) -> dict[str, dict[str, np.ndarray]]:
     """Curves of one method averaged over its seeds (same x grid)."""
-    per_seed = [curves_of(load_npz(npz)) for _, npz in cells]
+    per_seed = [c for c in (curves_of(_load_or_warn(npz)) for _, npz in cells) if c]
     out: dict = {}
     for kind in per_seed[0] if per_seed else {}:
         names = per_seed[0][kind]
@@ -226,6 +242,7 @@ def _reported_only(dataset: str, reported: list) -> str:
 def write_report(results_dir: Path, out_dir: Path, kernels: Path | None = None, reported: Path | None = REPORTED_CSV,
                  screenshot: Path | None = None) -> Path:
     results_dir, out_dir = Path(results_dir), Path(out_dir)
+    entry_files(results_dir)  # a mistyped folder is an error (before the lock would create it)
     figures = out_dir / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     with results_lock(results_dir):  # a consistent snapshot of the entries and their artifacts

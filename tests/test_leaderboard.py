@@ -1,13 +1,19 @@
 import json
 
+from bench.config import config_hash
+from bench.entries import RESULT_SCHEMA, seal
 from bench.leaderboard import render_markdown, summarize, write_leaderboard
 
 
 def record(method, seed, value, dataset="d1", status="ok"):
-    return {"method": method, "dataset": dataset, "seed": seed, "budget": "quick", "backbone": "small-cnn",
-            "status": status, "primary_metric": "PxAP", "metrics": {"PxAP": value} if status == "ok" else {},
-            "timings": {"fit_s": 1.0}, "config_hash": "h", "device": "cpu", "torch": "2.13.0",
-            "extension": "cpu", "finished_at": "2026-11-24T12:00:00+00:00", "error": None if status == "ok" else "boom"}
+    """A sealed entry of the current schema (the tables publish only intact entries)."""
+    config = {"method": method, "dataset": dataset, "seed": seed}
+    return seal({"schema": RESULT_SCHEMA, "method": method, "dataset": dataset, "seed": seed, "budget": "quick",
+                 "backbone": "small-cnn", "task": "image", "status": status, "primary_metric": "PxAP",
+                 "metrics": {"PxAP": value} if status == "ok" else {}, "timings": {"fit_s": 1.0},
+                 "config": config, "config_hash": config_hash(config), "code_version": {"method_file_sha256": None},
+                 "device": "cpu", "torch": "2.13.0", "extension": "cpu", "finished_at": "2026-11-24T12:00:00+00:00",
+                 "error": None if status == "ok" else "boom"})
 
 
 def test_rows_are_ranked_by_the_primary_metric_with_mean_and_std():

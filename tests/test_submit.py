@@ -47,7 +47,7 @@ def test_a_new_method_file_is_submitted_end_to_end(plugin_dir, shared_dirs, tmp_
     assert code == 0, out
     assert "OFF-PROTOCOL submission (budget smoke; seeds 0; settings" in out
     results = tmp_path / "lb" / "results"
-    image_sets = sorted(n for n, d in registry.all_datasets().items() if d.synthetic and d.task == "image")
+    image_sets = sorted(n for n, d in registry.all_datasets().items() if d.synthetic and d.in_grid and d.task == "image")
     for dataset in image_sets:
         entry = json.loads((results / dataset / "brightness-test" / "seed0.json").read_text())
         assert entry["status"] == "ok" and entry["submission"]["protocol"] is False

@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from bench.cli import main
+from bench.entries import seal
 from bench.grid import Cell, run_grid
 from bench.method import Localization, Method
 from bench.sweep import SweepParam, parse_param, summarize_sweep
 from tests.conftest import SMALL_DATASETS
 from tests.harness import SMOKE, run_small_cell, small_dataset
+from tests.test_leaderboard import record
 
 
 def test_parse_param_reads_owner_key_and_values():
@@ -34,11 +36,10 @@ def test_parse_param_errors_name_the_problem(text, message):
 def _entry(folder, value, seed, val, test, with_val=True):
     path = folder / f"k={value}" / "ds" / "m" / f"seed{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"dataset": "ds", "method": "m", "seed": seed, "status": "ok", "primary_metric": "PxAP",
-              "metrics": {"PxAP": test}, "timings": {}}
+    entry = record("m", seed, test, dataset="ds")  # sealed: the sweep reads only intact entries
     if with_val:
-        record["val_metrics"] = {"PxAP": val}
-    path.write_text(json.dumps(record))
+        entry = seal({**entry, "val_metrics": {"PxAP": val}})
+    path.write_text(json.dumps(entry))
 
 
 def test_the_best_validation_mean_is_chosen_never_the_test(tmp_path):

@@ -4,14 +4,16 @@ Every split folder the dataset reads is parsed leniently (all malformed lines an
 in one file but not another are collected, with file and line), then every image is opened
 (header only unless `decode=True`), boxes are checked against the real image size, masks are
 opened and compared with their image's size, and the split sizes are compared with the
-published ones (a warning only: subsets are legitimate)."""
+published ones (a warning only: subsets are legitimate). Images are opened as
+`bench.data.images` does for a run: regular files inside the resolved image root only (a
+symlink leaving it or a FIFO is an error, never followed or waited on), decompression bombs
+refused; a line that is not UTF-8 is an error with its file:line and the check goes on."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
+from bench.data.images import ImageFileError, image_size
 from bench.data.metadata import MetadataError, read_split
 
 
@@ -39,26 +41,23 @@ class CheckReport:
         return "\n".join(out)
 
 
-def _open_size(path: Path, decode: bool) -> tuple[tuple[int, int] | None, str | None]:
-    """(width, height) of an image or mask, or (None, why it cannot be used)."""
+def _open_size(path: Path, decode: bool, root: Path | None = None) -> tuple[tuple[int, int] | None, str | None]:
+    """(width, height) of an image or mask, or (None, why it cannot be used): missing, not a
+    regular file, leaving `root` through a symlink, too many pixels, or unreadable."""
     try:
-        with Image.open(path) as img:
-            if decode:
-                img.load()
-            return img.size, None
-    except FileNotFoundError:
-        return None, "file is missing"
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        return None, f"cannot be read ({err})"
+        return image_size(path, root, decode=decode), None
+    except ImageFileError as err:
+        return None, err.reason
 
 
 def _loc_lines(path: Path) -> dict[str, list[int]]:
-    """Image id -> line numbers of `path` (to point at the line of a bad box or mask)."""
+    """Image id -> line numbers of `path` (to point at the line of a bad box or mask); lines
+    that are not UTF-8 were reported by `read_split` and match no id here."""
     out: dict[str, list[int]] = {}
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, "rb") as handle:
             for number, raw in enumerate(handle, start=1):
-                rel = raw.split(",", 1)[0].strip().replace("\\", "/")
+                rel = raw.decode("utf-8", errors="replace").split(",", 1)[0].strip().replace("\\", "/")
                 if rel:
                     out.setdefault(rel, []).append(number)
     except OSError:
@@ -133,7 +132,7 @@ def check_dataset(dataset, data_root: Path, decode: bool = False, progress: bool
 
 def _check_record(report, dataset, root: Path, r, annotation: str, loc_path: Path, lines: list[int],
                   decode: bool) -> None:
-    size, why = _open_size(root / r.path, decode)
+    size, why = _open_size(root / r.path, decode, root)
     if size is None:
         report.errors.append(f"{root / r.path}: image {why}")
         return
@@ -150,7 +149,7 @@ def _check_record(report, dataset, root: Path, r, annotation: str, loc_path: Pat
     for i, mask in enumerate([*r.masks, *([r.ignore] if r.ignore else [])]):
         at = f"{loc_path}:{lines[i]}" if i < len(r.masks) and i < len(lines) else where
         kind = "mask" if i < len(r.masks) else "ignore mask"
-        msize, why = _open_size(root / mask, decode)
+        msize, why = _open_size(root / mask, decode, root)
         if msize is None:
             report.errors.append(f"{at}: {kind} {root / mask} {why}")
         elif msize != size:

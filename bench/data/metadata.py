@@ -26,21 +26,35 @@ class ImageRecord:
     has_roi_line: bool = False  # a localization line exists for this image
 
 
-def read_lines(path: Path, required: bool = True):
+def read_lines(path: Path, required: bool = True, fail=None):
+    """(line number, stripped text) of every non-blank line of a metadata file. A line that is
+    not UTF-8 is reported as `file:line` through `fail` (then skipped) or raised."""
     if not path.is_file():
+        if path.exists():
+            raise MetadataError(f"{path}: metadata file is not a regular file")
         if required:
             raise MetadataError(f"{path}: metadata file is missing")
         return []
     out = []
-    with open(path, encoding="utf-8") as handle:
+    with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
-            text = raw.strip()
+            try:
+                text = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as err:
+                message = (f"{path}:{number}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column "
+                           f"{err.start + 1}); metadata files are UTF-8")
+                if fail is None:
+                    raise MetadataError(message) from None
+                fail(message)
+                continue
             if text:
                 out.append((number, text))
     return out
 
 
 def check_relative(rel: str, where: str) -> str:
+    if "\x00" in rel:
+        raise MetadataError(f"{where}: path {rel!r} contains a NUL byte")
     p = PurePosixPath(rel.replace("\\", "/"))
     if not rel or p.is_absolute() or ".." in p.parts:
         raise MetadataError(f"{where}: path {rel!r} must be relative to the image root and stay inside it")
@@ -83,7 +97,7 @@ def read_split(meta_dir: Path, annotation: str, loc_file: str = BOX_FILE,
 
     def lines(path: Path, required: bool = True):
         try:
-            return read_lines(path, required)
+            return read_lines(path, required, fail if problems is not None else None)
         except MetadataError as err:
             fail(str(err))
             return []

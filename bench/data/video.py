@@ -61,7 +61,7 @@ def _read_labels(meta_dir: Path, ids: list[str], fail) -> dict[str, int]:
     labels_file = meta_dir / "class_labels.txt"
     labels: dict[str, int] = {}
     known = set(ids)
-    for number, text in read_lines(labels_file):
+    for number, text in read_lines(labels_file, fail=fail):
         where = f"{labels_file}:{number}"
         try:
             rel, value = split_fields(text, 2, "<path>,<int class id>", where)
@@ -84,7 +84,7 @@ def _read_ids(meta_dir: Path, fail) -> list[str]:
     ids_file = meta_dir / "image_ids.txt"
     ids: list[str] = []
     seen: set[str] = set()
-    for number, text in read_lines(ids_file):
+    for number, text in read_lines(ids_file, fail=fail):
         where = f"{ids_file}:{number}"
         try:
             rel = check_relative(text, where)
@@ -104,7 +104,7 @@ def _read_ids(meta_dir: Path, fail) -> list[str]:
 def _read_subsets(meta_dir: Path, fail) -> dict[str, str]:
     path = meta_dir / "subsets.txt"
     out: dict[str, str] = {}
-    for number, text in read_lines(path, required=False):
+    for number, text in read_lines(path, required=False, fail=fail):
         where = f"{path}:{number}"
         try:
             rel, name = split_fields(text, 2, "<shot>,<subset name>", where)
@@ -145,7 +145,7 @@ def read_video_split(meta_dir: Path, frame_root: Path, kind: str, problems: list
 
     records = {rel: ImageRecord(rel, labels.get(rel, -1)) for rel in ids}
     sizes_file = meta_dir / "image_sizes.txt"
-    for number, text in read_lines(sizes_file, required=False):
+    for number, text in read_lines(sizes_file, required=False, fail=fail):
         where = f"{sizes_file}:{number}"
         try:
             rel, width, height = split_fields(text, 3, "<path>,<width>,<height>", where)
@@ -159,7 +159,7 @@ def read_video_split(meta_dir: Path, frame_root: Path, kind: str, problems: list
             fail(str(err))
     loc_file = meta_dir / "localization.txt"
     try:
-        loc_lines = read_lines(loc_file)
+        loc_lines = read_lines(loc_file, fail=fail)
     except MetadataError as err:
         fail(str(err))
         loc_lines = []

@@ -233,7 +233,7 @@ class VideoDataset(Dataset):
 
                 checked = tqdm(checked, desc=f"{self.name}/{split}", unit="frame", dynamic_ncols=True)
             for rec in checked:
-                size, why = _open_size(root / rec.path, decode)
+                size, why = _open_size(root / rec.path, decode, root)
                 if size is None:
                     report.errors.append(f"{root / rec.path}: frame {why}")
                 elif rec.size is not None and rec.size != size:

@@ -6,6 +6,8 @@ no method hard-codes a layer name). `WSOLNet` adds the global-average-pooling + 
 Backbones register with `@register_backbone`; weights come from a local file only."""
 from __future__ import annotations
 
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 import torch
@@ -75,7 +77,23 @@ def load_backbone_weights(module: nn.Module, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(err))
+        detail = detail.group(1).strip() if detail else (str(err).strip().splitlines() or [""])[0]
+        if "Unsupported global" in detail:  # weights_only refuses every pickled object but tensors and containers
+            raise ValueError(f"--weights {path}: refused, it holds a pickled object that is not a tensor "
+                             f"({detail.split(' was not')[0]}); only state dicts are loaded (weights_only=True)") from None
+        raise ValueError(f"--weights {path}: not a PyTorch checkpoint (expected a state dict saved with "
+                         f"torch.save; {detail})") from None
+    except Exception as err:  # torch.load raises KeyError, RuntimeError, EOFError... on a file that is no checkpoint
+        raise ValueError(f"--weights {path}: not a PyTorch checkpoint (expected a state dict saved with "
+                         f"torch.save; {type(err).__name__}: {err})") from None
+    if not (isinstance(state, dict) and state and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                      for k, v in state.items())):
+        raise ValueError(f"--weights {path}: expected a state dict (parameter names to tensors), got "
+                         f"{type(state).__name__}")
     if hasattr(module, "convert_state_dict"):
         state = module.convert_state_dict(state)
     missing, unexpected = module.load_state_dict(state, strict=False)

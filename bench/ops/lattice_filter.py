@@ -196,6 +196,23 @@ class _ReferenceFilter(torch.autograd.Function):
         return None, g, None, None, None, None
 
 
+def _check_valid(valid: Optional[Tensor], features: Tensor, values: Tensor) -> None:
+    """`valid` must be a bool/uint8 [B, N] mask of the points of `features` [B, d, N]."""
+    if valid is None:
+        return
+    torch._check_value(
+        valid.dtype in (torch.bool, torch.uint8),
+        lambda: f"lattice_filter: valid must be a bool or uint8 mask, got {valid.dtype}",
+    )
+    if features.dim() == 3:
+        B, N = features.shape[0], features.shape[2]
+        torch._check_value(
+            valid.dim() == 2 and tuple(valid.shape) == (B, N),
+            lambda: f"lattice_filter: valid must be [B, N] = [{B}, {N}] like features {tuple(features.shape)}, "
+                    f"got {tuple(valid.shape)}",
+        )
+
+
 def lattice_filter_op(
     features: Tensor, values: Tensor, valid: Optional[Tensor] = None, normalize: bool = False, transpose: bool = False,
     symmetric: bool = False,
@@ -203,6 +220,7 @@ def lattice_filter_op(
     """The op on flattened points: features [B, d, N], values [B, K, N], valid [B, N] or None.
 
     Uses the compiled kernel when available, otherwise the pure-torch reference."""
+    _check_valid(valid, features, values)
     if _has_op():
         return torch.ops.wsolbench.lattice_filter(features, values, valid, normalize, transpose, symmetric)
     return _ReferenceFilter.apply(features, values, valid, normalize, transpose, symmetric)
@@ -242,6 +260,12 @@ def lattice_filter(
             lambda: f"lattice_filter: values {tuple(values.shape)} do not match features {tuple(features.shape)}",
         )
         K = values.shape[1]
+        if valid is not None:
+            torch._check_value(
+                tuple(valid.shape) in ((B, H, W), (B, H * W)),
+                lambda: f"lattice_filter: valid must be [B, H, W] = [{B}, {H}, {W}] (or [B, H*W] = [{B}, {H * W}]) "
+                        f"like features {tuple(features.shape)}, got {tuple(valid.shape)}",
+            )
         f = features.reshape(B, d, H * W)
         v = values.reshape(B, K, H * W)
         m = None if valid is None else valid.reshape(B, H * W)

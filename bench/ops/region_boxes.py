@@ -14,7 +14,8 @@ the predicted boxes and the ground-truth boxes is ``>= delta``, for two box sets
 
 A contour's box is ``cv2.boundingRect`` followed by the reference's ``x1 = x + w`` clipped to
 ``W - 1`` (same for y): ``[xmin, ymin, min(xmax + 1, W - 1), min(ymax + 1, H - 1)]``. With no
-foreground pixel the box is ``[0, 0, 0, 0]``. IoU is inclusive (``w = x1 - x0 + 1``).
+foreground pixel the box is ``[0, 0, 0, 0]``; maps without any pixel (H or W zero) are refused
+with a ValueError. IoU is inclusive (``w = x1 - x0 + 1``).
 
 Outputs: two bool tensors ``[B, len(iou_thresholds), 256]`` (V1, V2).
 
@@ -46,6 +47,14 @@ def pack_boxes(gt_boxes: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Te
     return flat.contiguous(), offsets
 
 
+def _check_not_empty(q: torch.Tensor) -> None:
+    """An empty map (H or W zero) has no pixel to threshold, so no box, not even the
+    no-foreground [0, 0, 0, 0]: refused (the compiled op raises the same ValueError)."""
+    if q.shape[0] > 0 and (q.shape[1] == 0 or q.shape[2] == 0):
+        raise ValueError(f"region_boxes: score maps must have at least one pixel, got H x W = "
+                         f"{q.shape[1]} x {q.shape[2]}")
+
+
 def region_boxes(q: torch.Tensor, gt_boxes: torch.Tensor, gt_offsets: torch.Tensor,
                  iou_thresholds: Sequence[float], largest: bool = True
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,6 +62,7 @@ def region_boxes(q: torch.Tensor, gt_boxes: torch.Tensor, gt_offsets: torch.Tens
     levels without foreground), which saves the contour tracing."""
     if q.dtype != torch.uint8 or q.dim() != 3:
         raise TypeError(f"region_boxes: q must be uint8 [B, H, W], got {q.dtype} {tuple(q.shape)}")
+    _check_not_empty(q)
     gt_boxes = gt_boxes.to(torch.float64).cpu().contiguous()
     gt_offsets = gt_offsets.to(torch.int64).cpu().contiguous()
     ious = [float(t) for t in iou_thresholds]
@@ -153,6 +163,7 @@ def region_boxes_reference(q: torch.Tensor, gt_boxes: torch.Tensor, gt_offsets: 
                            iou_thresholds: Sequence[float], largest: bool = True
                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pure numpy/scikit-image version of `region_boxes`: one labelling per level (slow)."""
+    _check_not_empty(q)
     qn = q.cpu().numpy()
     gt = gt_boxes.to(torch.float64).cpu().numpy()
     off = gt_offsets.cpu().numpy()

@@ -13,12 +13,18 @@ largest (reweighted) value over the window; its ``winner`` is that frame's index
 (int32; the earliest frame on ties). With ``normalize=True`` each pooled map is then min-max
 normalised to [0, 1]; a constant map becomes all zeros (as the WSOL evaluator does).
 
+Edge inputs, the same for the compiled op and the reference: ``cams`` must be finite and
+``reweight_h`` finite (a NaN never wins a comparison and an infinite value turns the
+re-weighting into NaN, so the winner would depend on how the maximum is searched): both raise
+``ValueError``. Maps with no pixel (``H * W == 0``) give empty outputs of the same shape.
+
 Gradients flow to ``cams`` only: through the winning frame of each pixel, and through the
 argmax/argmin pixels of the per-map max (re-weighting) and the per-map min/max
 (normalisation), first pixel on ties.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -81,7 +87,13 @@ def temporal_max_pool_reference(
         raise RuntimeError(f"temporal_max_pool: cams must be [B, T, H, W], got shape {tuple(cams.shape)}")
     if n < 0:
         raise RuntimeError(f"temporal_max_pool: window n must be >= 0, got {n}")
+    if reweight_h is not None and not math.isfinite(reweight_h):
+        raise ValueError(f"temporal_max_pool: reweight_h must be finite, got {reweight_h}")
     shot_ids = _default_shots(cams, shot_ids)
+    if cams.numel() == 0:
+        return torch.empty_like(cams), torch.empty(cams.shape, dtype=torch.int32, device=cams.device)
+    if not bool(torch.isfinite(cams).all()):
+        raise ValueError("temporal_max_pool: cams must be finite (they hold NaN or infinite values)")
     B, T = cams.shape[:2]
     vals = cams
     if reweight_h is not None:

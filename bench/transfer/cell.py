@@ -30,7 +30,7 @@ import torch
 
 import bench
 from bench.config import Budget, config_hash, resolve_budget, to_jsonable
-from bench.entries import RESULT_SCHEMA, file_sha256, method_file_sha256, write_entry
+from bench.entries import RESULT_SCHEMA, TRANSFER_FOLDER, file_sha256, method_file_sha256, write_entry
 from bench.grid import is_finished
 from bench.runner import RunContext, device_name, evaluate, git_version, preserved_rng, seed_everything
 from bench.settings import RunSettings
@@ -40,7 +40,7 @@ from bench.transfer.data import LabelAccessError, ReadGuard, SourceAccessError, 
 log = logging.getLogger(__name__)
 
 TARGET_SUPERVISED = "target-supervised"
-TRACK = "transfer"
+TRACK = TRANSFER_FOLDER
 
 
 def pair_name(source: str, target: str) -> str:

@@ -339,7 +339,10 @@ std::tuple<at::Tensor, at::Tensor> region_boxes_cpu(const at::Tensor& q, const a
                 "region_boxes: gt_offsets must be non-decreasing within gt_boxes");
   auto v1 = at::zeros({B, nt, kLevels}, q.options().dtype(at::kBool));
   auto v2 = at::zeros({B, nt, kLevels}, q.options().dtype(at::kBool));
-  if (B == 0 || H == 0 || W == 0) return {v1, v2};
+  // an empty map has no pixel to threshold, so no box (not even the no-foreground one)
+  TORCH_CHECK_VALUE(B == 0 || (H > 0 && W > 0),
+                    "region_boxes: score maps must have at least one pixel, got H x W = ", H, " x ", W);
+  if (B == 0) return {v1, v2};
   std::vector<double> deltas(iou_thresholds.begin(), iou_thresholds.end());
   const uint8_t* qp = qc.data_ptr<uint8_t>();
   const double* gp = gc.data_ptr<double>();

@@ -150,6 +150,8 @@ std::tuple<at::Tensor, at::Tensor> tmp_forward_cpu(const at::Tensor& cams_in,
                                                    int64_t direction, bool reweight, double h,
                                                    bool normalize) {
   check_args(cams_in, n, direction);
+  TORCH_CHECK_VALUE(!reweight || std::isfinite(h),
+                    "temporal_max_pool: reweight_h must be finite, got ", h);
   TORCH_CHECK(shot_in.scalar_type() == at::kLong, "temporal_max_pool: shot_ids must be int64, got ",
               shot_in.scalar_type());
   TORCH_CHECK(shot_in.dim() == 2 && shot_in.size(0) == cams_in.size(0) &&
@@ -165,6 +167,10 @@ std::tuple<at::Tensor, at::Tensor> tmp_forward_cpu(const at::Tensor& cams_in,
   at::Tensor out = at::empty_like(cams);
   at::Tensor winner = at::empty(cams.sizes(), cams.options().dtype(at::kInt));
   if (cams.numel() == 0) return {out, winner};
+  // NaN never wins a comparison and an infinite peak turns re-weighting into NaN: refuse both
+  // rather than return a winner that depends on how the maximum is searched
+  TORCH_CHECK_VALUE(at::isfinite(cams).all().item<bool>(),
+                    "temporal_max_pool: cams must be finite (they hold NaN or infinite values)");
 
   AT_DISPATCH_FLOATING_TYPES(cams.scalar_type(), "temporal_max_pool_cpu", [&] {
     tmp_forward_kernel<scalar_t>(cams, shots, out, winner, B, T, hw, n, direction, reweight, h,

@@ -16,6 +16,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 
@@ -253,6 +254,8 @@ std::tuple<at::Tensor, at::Tensor> tmp_forward_cuda(const at::Tensor& cams_in,
                                                     int64_t direction, bool reweight, double h,
                                                     bool normalize) {
   check_args(cams_in, n, direction);
+  TORCH_CHECK_VALUE(!reweight || std::isfinite(h),
+                    "temporal_max_pool: reweight_h must be finite, got ", h);
   TORCH_CHECK(shot_in.scalar_type() == at::kLong,
               "temporal_max_pool: shot_ids must be int64, got ", shot_in.scalar_type());
   TORCH_CHECK(shot_in.dim() == 2 && shot_in.size(0) == cams_in.size(0) &&
@@ -269,6 +272,10 @@ std::tuple<at::Tensor, at::Tensor> tmp_forward_cuda(const at::Tensor& cams_in,
   at::Tensor out = at::empty_like(cams);
   at::Tensor winner = at::empty(cams.sizes(), cams.options().dtype(at::kInt));
   if (cams.numel() == 0) return {out, winner};
+  // NaN never wins a comparison and an infinite peak turns re-weighting into NaN: refuse both
+  // rather than return a winner that depends on how the maximum is searched
+  TORCH_CHECK_VALUE(at::isfinite(cams).all().item<bool>(),
+                    "temporal_max_pool: cams must be finite (they hold NaN or infinite values)");
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   at::Tensor peak, peak_at;
   if (reweight) {
