@@ -113,12 +113,16 @@ def save_mask(path, rng, w, h, mode, p_on=0.3):
         img = Image.fromarray(grey).convert("P")
     elif mode == "LA":
         img = Image.fromarray(np.stack([grey, np.full_like(grey, 17)], -1), mode="LA")
+    elif mode == "RGBA":
+        img = Image.fromarray(np.stack([grey, grey, grey // 3, 255 - grey], -1).astype(np.uint8), mode="RGBA")
+    elif mode == "I;16":  # 16-bit: OpenCV keeps the high byte (values below 256 read as 0)
+        img = Image.fromarray(grey.astype(np.uint16) * np.where(rng.random((h, w)) < 0.5, 1, 257).astype(np.uint16))
     else:
         raise ValueError(mode)
     img.save(path)
 
 
-MODES = ("L", "1", "RGB", "P", "LA")
+MODES = ("L", "1", "RGB", "P", "LA", "RGBA", "I;16")
 
 
 def write_box_tree(root, rng, n=10):
