@@ -224,7 +224,8 @@ def needs_pretrained(dataset, settings: RunSettings) -> bool:
 def run_cell(cell, settings: RunSettings) -> dict:
     """Run one cell (a `bench.grid.Cell`) and write its sealed entry (and its small artifacts for
     the report) atomically; a failure is recorded, not raised. `settings.submission` (from
-    `bench submit`) is stored in the entry: whether it ran under the protocol and, if not, why."""
+    `bench submit`) is stored in the entry: whether it ran under the protocol and, if not, why.
+    A cell that may not start (`random_init_refusal`) raises ValueError and writes nothing."""
     method_cls, method_cfg, dataset = cell.build()
     seed, device, results_dir = cell.seed, settings.torch_device, cell.results_in(settings)
     refusal = random_init_refusal(dataset, settings)
