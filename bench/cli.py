@@ -102,6 +102,7 @@ def cmd_run(args) -> int:
         cells, skipped = build_cells(_csv(args.methods), _csv(args.datasets), settings, overrides)
         for what, why in skipped:
             print(f"skip {what}: {why}")
+        _refuse_random_init(cells, settings)
         print(f"{len(cells)} cells, {_describe(settings)}")
         report = run_grid(cells, settings)
     transfer_failed = _run_transfer(pairs, settings, args, {**overrides, **adaptation_sets})
@@ -157,6 +158,28 @@ def _run_transfer(pairs, settings, args, overrides) -> list[str]:
     return failed
 
 
+def _refuse_random_init(cells, settings) -> None:
+    """Stop before any cell starts when one would run the paper budget without its weights."""
+    from bench.runner import random_init_refusal
+
+    for cell in cells:
+        refusal = random_init_refusal(cell.build()[2], settings)
+        if refusal:
+            raise ValueError(refusal)
+
+
+def cmd_weights(args) -> int:
+    from bench.models import check_weights
+
+    if not args.weights_dir:
+        raise ValueError("bench weights check: say where the weights are (--weights-dir DIR or $WSOLBENCH_WEIGHTS)")
+    lines, bad = check_weights(args.weights_dir, _csv(args.backbone))
+    print(f"weights folder {args.weights_dir}:")
+    for line in lines:
+        print(f"  {line}")
+    return 1 if bad else 0
+
+
 def run_settings(args, **changes):
     """The one `RunSettings` of a command, from its flags (the run, sweep and submit flags)."""
     from bench.config import get_budget
@@ -170,7 +193,8 @@ def run_settings(args, **changes):
         threads = default_cell_threads(device)
     fields = dict(budget=get_budget(args.budget), seeds=_seeds(args.seeds) if args.seeds else DEFAULT_SEEDS,
                   data_root=args.data_root, results_dir=args.results, cache_dir=args.cache_dir, device=str(device),
-                  backbone=args.backbone, weights=args.weights, threads=threads, jobs=args.jobs,
+                  backbone=args.backbone, weights=args.weights, weights_dir=args.weights_dir,
+                  random_init=args.random_init, threads=threads, jobs=args.jobs,
                   launcher=args.launcher, slurm=slurm, wait=args.wait, overwrite=args.overwrite)
     fields.update(changes)
     return RunSettings(**fields)
@@ -472,6 +496,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-lines", type=int, default=50, help="problems shown per kind (default 50)")
     p.set_defaults(func=cmd_data)
 
+    p = sub.add_parser("weights", help="backbone weights utilities")
+    wsub = p.add_subparsers(dest="weights_command", required=True)
+    q = wsub.add_parser("check", help="list the weights folder's files per backbone and verify their keys and shapes "
+                                      "(exit 1 when a present file is bad)")
+    q.add_argument("--weights-dir", default=os.environ.get("WSOLBENCH_WEIGHTS"),
+                   help="the folder (default env WSOLBENCH_WEIGHTS)")
+    q.add_argument("--backbone", help="comma-separated backbones (default: resnet50, vgg16, inceptionv3)")
+    p.set_defaults(func=cmd_weights)
+
     p = sub.add_parser("profile", help="kernel speed tables")
     p.add_argument("--op", help="comma-separated profiles (default: all)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when visible)")
@@ -504,6 +537,11 @@ def _add_run_flags(p: argparse.ArgumentParser, *, results: bool = True, budget_d
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when visible, else cpu)")
     p.add_argument("--backbone", default="small-cnn")
     p.add_argument("--weights", help="local backbone weights file (torchvision state-dict layout)")
+    p.add_argument("--weights-dir", default=os.environ.get("WSOLBENCH_WEIGHTS"),
+                   help="folder of backbone weights, the file for --backbone found by name (torchvision's "
+                        "checkpoint names or <backbone>.pth; env WSOLBENCH_WEIGHTS; `bench weights check`)")
+    p.add_argument("--random-init", action="store_true",
+                   help="let the paper budget run a real dataset from random weights (entries marked off-protocol)")
     p.add_argument("--data-root", type=Path, default=_default_data_root(),
                    help="where datasets live and the synthetic suite is generated (env WSOLBENCH_DATA)")
     if results:

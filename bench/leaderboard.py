@@ -114,7 +114,8 @@ def summarize(records: list[dict]) -> dict[str, list[dict]]:
     for (dataset, method), rs in groups.items():
         row = {"method": method, "primary_metric": rs[0]["primary_metric"], "seeds": sorted(r["seed"] for r in rs),
                "budget": ",".join(sorted({r["budget"] for r in rs})), "backbone": rs[0].get("backbone", ""),
-               "off_protocol": sorted({d for r in rs for d in (r.get("submission") or {}).get("deviations", [])})}
+               "off_protocol": sorted({d for r in rs for d in (r.get("submission") or {}).get("deviations", [])}
+                                      | ({"random init"} if any(r.get("random_init") for r in rs) else set()))}
         for metric in sorted({k for r in rs for k in r["metrics"]}):
             values = [r["metrics"][metric] for r in rs if isinstance(r["metrics"].get(metric), (int, float))]
             if values:

@@ -95,8 +95,8 @@ class RunContext:
         return self.settings.backbone
 
     @property
-    def weights(self) -> str | None:
-        return self.settings.weights
+    def weights(self) -> Path | None:
+        return self.settings.backbone_weights()
 
     @property
     def num_classes(self) -> int:
@@ -233,7 +233,7 @@ def cell_config(method_cls, method_cfg, dataset, seed: int, settings: RunSetting
     return {"method": method_cls.name, "method_config": to_jsonable(method_cfg), "dataset": dataset.name,
             "dataset_config": to_jsonable(dataset.cfg), "data": dataset.fingerprint(settings.data_root),
             "budget": to_jsonable(budget), "seed": seed, "backbone": settings.backbone,
-            "weights": file_sha256(settings.weights)}
+            "weights": file_sha256(settings.backbone_weights())}
 
 
 def _new_record(method_cls, method_cfg, dataset, seed: int, settings: RunSettings) -> dict:
@@ -249,6 +249,8 @@ def _new_record(method_cls, method_cfg, dataset, seed: int, settings: RunSetting
     }
     if settings.submission is not None:
         record["submission"] = settings.submission
+    if needs_pretrained(dataset, settings):  # allowed by --random-init: off the protocol
+        record["random_init"] = True
     return record
 
 
@@ -263,12 +265,35 @@ def record_failure(cell, settings: RunSettings, error: str) -> dict:
         return write_entry(results_dir, result_path(results_dir, dataset.name, method_cls.name, cell.seed), record)
 
 
+def random_init_refusal(dataset, settings: RunSettings) -> str | None:
+    """Why a cell must not start: the `paper` budget on a real dataset starts its backbone from
+    ImageNet weights (docs/protocol.md, "Backbones"); without a weights file it runs only with
+    `--random-init`, and its entry is then marked (`random_init`). None: it may start."""
+    if not needs_pretrained(dataset, settings) or settings.random_init:
+        return None
+    from bench.models import weight_file_names
+
+    return (f"{dataset.name}: the paper budget starts {settings.backbone} from ImageNet weights, and none was found "
+            f"(--weights FILE, or --weights-dir DIR / $WSOLBENCH_WEIGHTS holding one of "
+            f"{', '.join(weight_file_names(settings.backbone))}); pass --random-init to run from random weights "
+            f"(the entries are marked off-protocol)")
+
+
+def needs_pretrained(dataset, settings: RunSettings) -> bool:
+    return (settings.budget.name == "paper" and not getattr(dataset, "synthetic", False)
+            and settings.backbone_weights() is None)
+
+
 def run_cell(cell, settings: RunSettings) -> dict:
     """Run one cell (a `bench.grid.Cell`) and write its sealed entry (and its small artifacts for
     the report) atomically; a failure is recorded, not raised. `settings.submission` (from
-    `bench submit`) is stored in the entry: whether it ran under the protocol and, if not, why."""
+    `bench submit`) is stored in the entry: whether it ran under the protocol and, if not, why.
+    A cell that may not start (`random_init_refusal`) raises ValueError and writes nothing."""
     method_cls, method_cfg, dataset = cell.build()
     seed, device, results_dir = cell.seed, settings.torch_device, cell.results_in(settings)
+    refusal = random_init_refusal(dataset, settings)
+    if refusal:
+        raise ValueError(refusal)
     budget = resolve_budget(settings.budget, dataset, settings.backbone)
     path = result_path(results_dir, dataset.name, method_cls.name, seed)
     record = _new_record(method_cls, method_cfg, dataset, seed, settings)

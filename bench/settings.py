@@ -86,6 +86,8 @@ class RunSettings:
     seeds: tuple[int, ...] = DEFAULT_SEEDS
     backbone: str = "small-cnn"
     weights: str | None = None
+    weights_dir: str | None = None  # a folder of backbone weights (bench.models.WEIGHT_FILES names)
+    random_init: bool = False  # allow the `paper` budget on a real dataset without pretrained weights
     threads: int | None = None
     jobs: int | None = 1
     launcher: str = "inline"
@@ -114,6 +116,13 @@ class RunSettings:
     @property
     def torch_device(self) -> torch.device:
         return torch.device(self.device)
+
+    def backbone_weights(self) -> Path | None:
+        """The weights file the run's backbone starts from (`--weights`, else the backbone's file
+        in `--weights-dir`), or None: random initialisation."""
+        from bench.models import resolve_weights
+
+        return resolve_weights(self.backbone, self.weights, self.weights_dir)
 
     def replace(self, **changes) -> "RunSettings":
         return dataclasses.replace(self, **changes)

@@ -17,7 +17,6 @@ class GlaS(FoldedMetadataDataset):
     name = "glas"
     image_dir = meta_name = "GlaS"
     num_classes = 2  # benign 0, malignant 1 (both hold glands: no negative class)
-    mask_threshold = 0
     published_counts = {"train": 67, "valcl": 18, "valpx": 6, "test": 80}
     # `paper` budget: the CAM and NEGEV commands of sbelharbi/negev README.md (ResNet50, mixed
     # precision): 1000 epochs, lr x0.1 every 250, CAM at lr 0.003, the NEGEV decoder at lr 0.1;

@@ -12,7 +12,7 @@ class OpenImages(MetadataDataset):
                          (may be empty), localization.txt (`<path>,<mask.png>,<ignore.png>`, one
                          line per instance mask, the ignore mask on the first line of an image)
     All paths in the metadata files (images and masks) are relative to DIR/OpenImages/. Masks
-    are 8-bit PNGs of the image's size, foreground > 127."""
+    are grey PNGs (any size: each is resized to 224x224), any non-zero pixel foreground."""
 
     name = "openimages"
     image_dir = meta_name = "OpenImages"

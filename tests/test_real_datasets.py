@@ -96,7 +96,7 @@ def test_tiny_tree_loads_through_splits(name, tmp_path):
 def test_run_all_includes_present_and_skips_absent(name, tmp_path):
     root = write_tree(name, tmp_path)
     cells, skipped = build_cells(None, None, settings_at(root))
-    present = {c.dataset.name for c in cells}
+    present = {c.dataset for c in cells}
     reasons = dict(skipped)
     assert name in present and name not in reasons
     for other in REAL:

@@ -206,8 +206,9 @@ def test_a_paper_cell_trains_and_records_its_resolved_budget(tmp_path):
     with registered(Probe):
         record = run_cell(Cell("probe", "glas", 0), RunSettings(
             budget=small, data_root=tmp_path / "data", results_dir=tmp_path / "results", cache_dir=tmp_path / "cache",
-            backbone="resnet50"))
+            backbone="resnet50", random_init=True))  # no ImageNet weights here: off the protocol, marked
     assert record["status"] == "ok", record.get("error")
+    assert record["random_init"] is True
     budget = Probe.seen[-1]
     assert budget == resolve_budget(small, get_dataset("glas")(), "resnet50")
     assert budget.stage1_schedule() == TrainSchedule(1000, 0.003, 1e-4, step_every=250, gamma=0.1)

@@ -316,7 +316,7 @@ def test_yto_errors_name_file_and_line(tmp_path):
 def test_run_all_skips_absent_yto_with_one_line(tmp_path):
     root = write_yto_tree("ytov22", tmp_path)
     cells, skipped = build_cells(["cam"], None, settings_at(root))
-    present = {c.dataset.name for c in cells}
+    present = {c.dataset for c in cells}
     reasons = dict(skipped)
     assert "ytov22" in present and "ytov1" not in present
     assert "\n" not in reasons["ytov1"] and str(root / "metadata" / "YouTube-Objects-v1.0") in reasons["ytov1"]

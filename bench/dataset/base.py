@@ -75,12 +75,19 @@ class Dataset:
         listing = {str(p.relative_to(root) if p.is_relative_to(root) else p): _content_sha256(p) for p in files}
         return hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()[:16]
 
+    @property
+    def negative_map(self) -> str:
+        """Which class map a negative image is scored on: "roi" (the positive class's) or
+        "label" (its own). Datasets whose reference evaluator differs override this."""
+        return "roi"
+
     def localization_classes(self, labels: torch.Tensor) -> torch.Tensor:
         """The class whose map is evaluated for each image (GT-known: its own label). A
         dataset with a negative class (images without ROI, e.g. `normal` tissue) and one
-        positive class localizes the positive (ROI) class everywhere: a negative image is then
-        judged by how little ROI its map shows, not by a map of "normal" tissue."""
-        if self.negative_class is None or self.num_classes != 2:
+        positive class localizes the positive (ROI) class everywhere when `negative_map` is
+        "roi": a negative image is then judged by how little ROI its map shows, not by a map
+        of "normal" tissue. With "label" every image is scored on its own label's map."""
+        if self.negative_class is None or self.num_classes != 2 or self.negative_map == "label":
             return labels
         return torch.full_like(labels, 1 - self.negative_class)
 

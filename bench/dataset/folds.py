@@ -14,9 +14,18 @@ from bench.dataset.metadata import MetadataDataset
 NUM_FOLDS = 5
 
 
+NEGATIVE_MAPS = ("label", "roi")
+
+
 @dataclass(frozen=True)
 class FoldConfig:
     fold: int = 0  # which of the 5 folds to read (`--set glas.fold=2`)
+    # The class map a negative (normal) image is scored on by CAM methods (decoder maps are
+    # class-agnostic). "label": its own label's map, as the seed authors' evaluator does
+    # (sbelharbi/negev dlib/learning/inference_wsol.py `get_cam_one_sample`, class_idx =
+    # target) for their published numbers; "roi": the tumour map, judging a normal image by
+    # how little tumour its map shows. Only datasets with a negative class (Camelyon16) differ.
+    negative_map: str = "label"
 
 
 class FoldedMetadataDataset(MetadataDataset):
@@ -30,6 +39,12 @@ class FoldedMetadataDataset(MetadataDataset):
         super().__init__(cfg)
         if not 0 <= self.cfg.fold < NUM_FOLDS:
             raise ValueError(f"{self.name}: fold {self.cfg.fold} does not exist (folds 0..{NUM_FOLDS - 1})")
+        if self.cfg.negative_map not in NEGATIVE_MAPS:
+            raise ValueError(f"{self.name}: negative_map {self.cfg.negative_map!r} is not one of {NEGATIVE_MAPS}")
+
+    @property
+    def negative_map(self) -> str:
+        return self.cfg.negative_map
 
     def meta_dir(self, data_root: Path, split: str) -> Path:
         folder = self.split_names.get(split, split)

@@ -27,7 +27,10 @@ class MetadataDataset(Dataset):
     image_size: int = 224  # network input size (square) unless the budget sets one
     loc_file: str = "localization.txt"  # file with the test-time annotation
     extra_mask_file: str | None = None  # optional mask file for box datasets (adds PxAP)
-    mask_threshold: int = 127  # mask pixels (as 8-bit grey) above this are foreground; 0 for label maps
+    # Mask pixels whose grey byte exceeds this are foreground. 0 (any non-zero byte) is what
+    # the reference evaluators do (wsolevaluation for OpenImages, sbelharbi/negev's
+    # dlib/datasets/wsol_data_core.py `get_mask` for GlaS and Camelyon16): `> 0.5` on the bytes.
+    mask_threshold: int = 0
     published_counts: dict[str, int | tuple[int, int]] = {}  # split folder -> published image count
     # (or an inclusive range); `bench data check` warns on a mismatch
 
@@ -109,17 +112,50 @@ def load_image(path: Path) -> Image.Image:
         raise MetadataError(f"{path}: image cannot be read ({err})") from None
 
 
-def load_mask(path: Path, size: tuple[int, int], threshold: int = 127) -> np.ndarray:
+def read_grey(path: Path) -> np.ndarray:
+    """uint8 [H, W] grey bytes of a mask file as the reference evaluator reads them
+    (`cv2.imread(path, cv2.IMREAD_GRAYSCALE)`, OpenCV with libpng): colour and palette pixels
+    become `(9797 R + 19234 G + 3737 B) >> 15` (libpng's rgb-to-grey, truncating), alpha is
+    dropped, 16-bit samples keep their high byte, 1/2/4-bit grey is scaled to 0..255."""
     try:
         with Image.open(path) as img:
-            mask = np.asarray(img.convert("L")) > threshold
+            if img.format == "JPEG":
+                img.draft("L", img.size)  # libjpeg's grey output: the luma channel as decoded
+            mode = img.mode
+            if mode in ("L", "1"):
+                return np.asarray(img.convert("L"), dtype=np.uint8)
+            if mode in ("I;16", "I;16B", "I;16L", "I", "I;16N"):
+                return (np.asarray(img, dtype=np.int64) >> 8).clip(0, 255).astype(np.uint8)
+            if mode in ("LA", "La"):
+                return np.asarray(img.getchannel(0), dtype=np.uint8)
+            rgb = np.asarray(img.convert("RGB"), dtype=np.int64)
     except FileNotFoundError:
         raise MetadataError(f"{path}: mask file is missing") from None
     except (UnidentifiedImageError, OSError) as err:
         raise MetadataError(f"{path}: mask cannot be read ({err})") from None
-    if mask.shape != (size[1], size[0]):
-        raise MetadataError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]}, its image is {size[0]}x{size[1]}")
-    return mask
+    return ((9797 * rgb[..., 0] + 19234 * rgb[..., 1] + 3737 * rgb[..., 2]) >> 15).astype(np.uint8)
+
+
+def nearest_index(src: int, dst: int) -> np.ndarray:
+    """Source index of each destination pixel under OpenCV's INTER_NEAREST:
+    `min(floor(d * (1 / (dst / src))), src - 1)` in float64, as OpenCV computes it (top-left
+    mapping, not PIL's pixel centres; the reciprocal of the ratio, not src / dst, rounds
+    differently for some sizes)."""
+    inv = 1.0 / (float(dst) / float(src))
+    return np.minimum(np.floor(np.arange(dst, dtype=np.float64) * inv).astype(np.int64), src - 1)
+
+
+def resize_nearest(a: np.ndarray, size: int) -> np.ndarray:
+    """[H, W] -> [size, size] with OpenCV's INTER_NEAREST mapping."""
+    return a[nearest_index(a.shape[0], size)[:, None], nearest_index(a.shape[1], size)[None, :]]
+
+
+def load_mask(path: Path, eval_size: int, threshold: int = 0) -> np.ndarray:
+    """bool [E, E]: a mask file resized from its own size to the evaluation frame (OpenCV
+    nearest) and thresholded, grey byte > `threshold`. The reference takes `> 0.5` of the
+    float bytes, i.e. any non-zero byte (threshold 0); thresholding before or after a nearest
+    resize gives the same pixels."""
+    return resize_nearest(read_grey(path) > threshold, eval_size)
 
 
 class MetadataImages(torch.utils.data.Dataset):
@@ -128,7 +164,7 @@ class MetadataImages(torch.utils.data.Dataset):
     (1 foreground, 0 background, 255 ignore)."""
 
     def __init__(self, root: Path, records: list[ImageRecord], input_size: int, eval_size: int,
-                 train: bool, with_boxes: bool, with_masks: bool, mask_threshold: int = 127,
+                 train: bool, with_boxes: bool, with_masks: bool, mask_threshold: int = 0,
                  crop_from: int | None = None):
         self.root, self.records = Path(root), records
         self.input_size, self.eval_size = input_size, eval_size
@@ -158,16 +194,9 @@ class MetadataImages(torch.utils.data.Dataset):
             image = image.flip(-1)
         item = {"image": image, "label": rec.label, "index": index}
         if self.with_boxes:
-            boxes = torch.tensor(rec.boxes, dtype=torch.float32).reshape(-1, 4)
-            w, h = size
-            for x0, y0, x1, y1 in rec.boxes:
-                if x1 >= w or y1 >= h or x0 < 0 or y0 < 0:
-                    raise MetadataError(f"{self.root / rec.path}: box ({x0},{y0},{x1},{y1}) lies outside "
-                                        f"the {w}x{h} image")
-            scale = torch.tensor([self.eval_size / w, self.eval_size / h] * 2)
-            item["boxes"] = (boxes * scale).floor().clamp(0, self.eval_size - 1)
+            item["boxes"] = self._boxes(rec, rec.size or size)
         if self.with_masks:
-            item["mask"] = self._mask(rec, size)
+            item["mask"] = self._mask(rec)
         return item
 
     def _load_pixels(self, index: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -186,14 +215,28 @@ class MetadataImages(torch.utils.data.Dataset):
             self._pixels[index] = (pixels, size)
         return pixels, size
 
-    def _mask(self, rec: ImageRecord, size: tuple[int, int]) -> torch.Tensor:
-        fg = np.zeros((size[1], size[0]), dtype=bool)
+    def _boxes(self, rec: ImageRecord, size: tuple[int, int]) -> torch.Tensor:
+        """Boxes in the evaluation frame, the reference's `resize_bbox`: `int(x * E / w)` in
+        float64 (multiply, then divide; truncation = floor for x >= 0), with the image size of
+        image_sizes.txt when given; no clamp (a box inside the image stays below E)."""
+        w, h = size
+        for x0, y0, x1, y1 in rec.boxes:
+            if x1 >= w or y1 >= h or x0 < 0 or y0 < 0:
+                raise MetadataError(f"{self.root / rec.path}: box ({x0},{y0},{x1},{y1}) lies outside "
+                                    f"the {w}x{h} image")
+        boxes = np.asarray(rec.boxes, dtype=np.float64).reshape(-1, 4)
+        resized = np.trunc(boxes * float(self.eval_size) / np.array([w, h, w, h], dtype=np.float64))
+        return torch.from_numpy(resized.astype(np.float32))
+
+    def _mask(self, rec: ImageRecord) -> torch.Tensor:
+        """uint8 [E, E] ground truth, the reference's `get_mask`: each mask file resized from its
+        own size (OpenCV nearest) and thresholded, instances ORed; ignore = the ignore mask's
+        region minus the foreground (foreground wins where they overlap)."""
+        E = self.eval_size
+        fg = np.zeros((E, E), dtype=bool)
         for m in rec.masks:
-            fg |= load_mask(self.root / m, size, self.mask_threshold)
+            fg |= load_mask(self.root / m, E, self.mask_threshold)
         out = fg.astype(np.uint8)
         if rec.ignore:
-            out[load_mask(self.root / rec.ignore, size, self.mask_threshold)] = IGNORE
-        resized = Image.fromarray(out).resize((self.eval_size, self.eval_size), Image.NEAREST)
-        return torch.from_numpy(np.asarray(resized).copy())
-
-
+            out[load_mask(self.root / rec.ignore, E, self.mask_threshold) & ~fg] = IGNORE
+        return torch.from_numpy(out)

@@ -22,6 +22,15 @@ Public API::
         .compute() -> {"CorLoc", "CorLoc-classmean", "best_tau", "annotated_frames", ["CorLoc-<subset>"]}
     Top1Cls().accumulate(logits [B, C], labels [B]) -> bool [B]; .compute() -> {"Top-1 Cls"}
 
+Ground truth (the loaders, bench/dataset/metadata.py; docs/protocol.md, "Ground truth at 224")
+is identical to the reference's, pixel for pixel: boxes resized as `int(x * 224 / w)` in
+float64 with image_sizes.txt's size (its `resize_bbox`); masks read as OpenCV's grey bytes,
+resized from the mask file's own size with OpenCV's INTER_NEAREST index rule, any non-zero byte
+foreground, instances ORed, ignore = ignore region minus foreground (its `get_mask`). Why: the
+metrics below are exact, so a one-pixel ground-truth difference would be the only source of
+disagreement; tests/test_loader_parity.py checks the loaders and the metrics end to end against
+OpenCV on files written to disk.
+
 Where this differs from the reference evaluator (wsolevaluation), by design or by necessity:
 
 * Resizing: torch bicubic (align_corners=False), the kernel of the reference's

@@ -96,10 +96,95 @@ def load_backbone_weights(module: nn.Module, path: str | Path) -> None:
                          f"{type(state).__name__}")
     if hasattr(module, "convert_state_dict"):
         state = module.convert_state_dict(state)
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match the backbone; missing keys: {missing or 'none'}; "
-                         f"unexpected keys: {unexpected or 'none'}")
+    # checkpoints saved before PyTorch 0.4.1 (torchvision's first ResNet-50 and Inception-v3
+    # files) lack BatchNorm's step counters, which play no part in the forward pass
+    own = module.state_dict()
+    state = {**{k: own[k] for k in own if k.endswith(".num_batches_tracked")}, **state}
+    problem = state_dict_mismatch(module, state)
+    if problem:
+        raise ValueError(f"{path}: weights do not match the backbone; {problem}")
+    module.load_state_dict(state, strict=True)
+
+
+def state_dict_mismatch(module: nn.Module, state: dict) -> str | None:
+    """None when `state` has exactly the module's keys and shapes, else a message naming the
+    first bad key (in the module's order) and listing the missing, unexpected and mis-shaped ones."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)]
+    if not (missing or unexpected or wrong):
+        return None
+    why = {**{k: "missing" for k in missing}, **{k: "wrong shape" for k in wrong}}
+    first = next((k for k in own if k in why), None) or unexpected[0]
+    shapes = [f"{k} {tuple(getattr(state[k], 'shape', ()))} (backbone {tuple(own[k].shape)})" for k in wrong]
+
+    def listed(keys):
+        return "none" if not keys else (str(keys) if len(keys) <= 5 else f"{keys[:5]} ... ({len(keys)} in all)")
+
+    return (f"first bad key {first!r} ({why.get(first, 'unexpected')}); missing keys: {listed(missing)}; "
+            f"unexpected keys: {listed(unexpected)}; wrong shapes: {listed(shapes)}")
+
+
+# Files a weights folder may hold for each backbone, in order of preference: torchvision's
+# checkpoint names (both ResNet-50 releases), then `<backbone>.pth`. The papers start every
+# backbone from ImageNet weights (docs/protocol.md, "Backbones").
+WEIGHT_FILES: dict[str, tuple[str, ...]] = {
+    "resnet50": ("resnet50-0676ba61.pth", "resnet50-19c8e357.pth", "resnet50-11ad3fa6.pth"),
+    "vgg16": ("vgg16-397923af.pth",),
+    "inceptionv3": ("inception_v3_google-0cc3c7bd.pth", "inception_v3_google-1a9a5a14.pth"),
+}
+
+
+def weight_file_names(backbone: str) -> tuple[str, ...]:
+    return WEIGHT_FILES.get(backbone, ()) + (f"{backbone}.pth",)
+
+
+def find_weights(backbone: str, weights_dir: str | Path | None) -> Path | None:
+    """The weights file for `backbone` in `weights_dir` (see `WEIGHT_FILES`), or None."""
+    if weights_dir is None:
+        return None
+    folder = Path(weights_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"weights folder {folder} does not exist (--weights-dir / $WSOLBENCH_WEIGHTS)")
+    return next((folder / n for n in weight_file_names(backbone) if (folder / n).is_file()), None)
+
+
+def check_weights(weights_dir: str | Path, backbones: list[str] | None = None) -> tuple[list[str], int]:
+    """(report lines, number of bad files) for a weights folder: per backbone the file found
+    and whether it loads into the backbone (keys and shapes), or that none is there. Files in
+    the folder that no backbone would use are listed too."""
+    folder = Path(weights_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"weights folder {folder} does not exist (--weights-dir / $WSOLBENCH_WEIGHTS)")
+    names = backbones or [n for n in BACKBONES if n in WEIGHT_FILES]
+    lines, bad, used = [], 0, set()
+    for name in names:
+        factory = BACKBONES.get_or_raise(name)
+        path = find_weights(name, folder)
+        if path is None:
+            lines.append(f"{name}: missing (looked for {', '.join(weight_file_names(name))})")
+            continue
+        used.add(path.name)
+        try:
+            load_backbone_weights(factory(), path)
+        except Exception as err:  # a bad file of any kind is reported, the others still checked
+            bad += 1
+            lines.append(f"{name}: BAD {path.name}: {err}")
+        else:
+            lines.append(f"{name}: ok {path.name}")
+    known = {n for b in BACKBONES for n in weight_file_names(b)}
+    for extra in sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in used):
+        lines.append(f"(not used: {extra}{'' if extra in known else ' - no backbone reads this name'})")
+    return lines, bad
+
+
+def resolve_weights(backbone: str, weights: str | Path | None, weights_dir: str | Path | None) -> Path | None:
+    """The file a run's backbone starts from: `weights` when given, else the folder's file for
+    the backbone, else None (random initialisation)."""
+    if weights is not None:
+        return Path(weights)
+    return find_weights(backbone, weights_dir)
 
 
 def _conv_bn(cin: int, cout: int) -> nn.Sequential:

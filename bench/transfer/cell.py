@@ -130,7 +130,7 @@ def run_transfer_cell(adaptation_cls, source, target, seed: int, settings: RunSe
     budget, backbone, device = settings.budget, settings.backbone, settings.torch_device
     adaptation_cfg = adaptation_cfg if adaptation_cfg is not None else adaptation_cls.Config()
     config = transfer_cell_config(adaptation_cls.name, adaptation_cfg, source, target, budget, seed, backbone,
-                                  settings.weights, source_method, source_method_cfg)
+                                  settings.backbone_weights(), source_method, source_method_cfg)
     code = method_file_sha256(adaptation_cls)
     results_dir = settings.results_dir if write else None
     path = None if results_dir is None else transfer_result_path(results_dir, source.name, target.name,
@@ -195,7 +195,8 @@ def run_target_supervised(source, target, seed: int, settings: RunSettings, *, w
     target's LABELLED training split (the grid's cached classifier), evaluated like a transfer
     cell. Stored beside the pair's adaptations as `target-supervised`."""
     budget, backbone, device = settings.budget, settings.backbone, settings.torch_device
-    config = transfer_cell_config(TARGET_SUPERVISED, None, source, target, budget, seed, backbone, settings.weights)
+    config = transfer_cell_config(TARGET_SUPERVISED, None, source, target, budget, seed, backbone,
+                                  settings.backbone_weights())
     code = file_sha256(__file__)
     results_dir = settings.results_dir if write else None
     path = None if results_dir is None else transfer_result_path(results_dir, source.name, target.name,
