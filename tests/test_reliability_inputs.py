@@ -201,17 +201,19 @@ def test_a_decompression_bomb_is_refused_naming_the_file(tree, monkeypatch):
     assert len([e for e in report.errors if "is refused" in e]) == 12, "every image was still checked"
 
 
-@pytest.mark.xfail(strict=True, reason="until bench.dataset's load_image/load_mask open files with "
-                                       "bench.data.images.read_image")
 def test_a_run_entry_names_the_image_it_refused(tree, tmp_path, monkeypatch):
-    from bench.config import BUDGETS
-    from bench.registry import get_method
+    from bench.grid import Cell
+    from bench.registry import DATASETS
     from bench.runner import run_cell
+    from tests.harness import smoke_settings
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200)
-    method = get_method("center")
-    entry = run_cell(method, method.Config(), TinyBoxes(), BUDGETS["smoke"], 0, data_root=tree,
-                     results_dir=tmp_path / "results", cache_dir=tmp_path / "cache", device=torch.device("cpu"))
+    DATASETS.register(TinyBoxes)
+    try:
+        entry = run_cell(Cell("center", TinyBoxes.name, 0),
+                         smoke_settings({"data": tree, "cache": tmp_path / "cache"}, tmp_path / "results"))
+    finally:
+        DATASETS.unregister(TinyBoxes.name)
     assert entry["status"] == "failed"
     assert "tiny-boxes/" in entry["error"] and ".png: image is refused" in entry["error"], entry["error"]
 

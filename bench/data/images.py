@@ -50,7 +50,7 @@ def checked_path(path: Path, root: Path | None = None, what: str = "image") -> P
     return resolved
 
 
-def _with_image(path: Path, root: Path | None, what: str, use):
+def with_image(path: Path, root: Path | None, what: str, use):
     """`use(img)` on the opened image, every Pillow error turned into an `ImageFileError`."""
     resolved = checked_path(path, root, what)
     try:
@@ -72,7 +72,7 @@ def read_image(path: Path, root: Path | None = None, mode: str | None = None, wh
         img.load()
         return img.convert(mode) if mode is not None else img.copy()
 
-    return _with_image(path, root, what, decode)
+    return with_image(path, root, what, decode)
 
 
 def image_size(path: Path, root: Path | None = None, decode: bool = False, what: str = "image") -> tuple[int, int]:
@@ -82,4 +82,4 @@ def image_size(path: Path, root: Path | None = None, decode: bool = False, what:
             img.load()
         return img.size
 
-    return _with_image(path, root, what, size)
+    return with_image(path, root, what, size)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from bench.data.images import read_image, with_image
 from bench.data.metadata import ImageRecord, MetadataError, read_split
 from bench.dataset.base import Dataset, Splits
 from bench.dataset.protocol import IGNORE
@@ -102,38 +103,30 @@ def _balanced_subset(records: list[ImageRecord], limit: int | None) -> list[Imag
     return out
 
 
-def load_image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise MetadataError(f"{path}: image file is missing") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise MetadataError(f"{path}: image cannot be read ({err})") from None
+def load_image(path: Path, root: Path | None = None) -> Image.Image:
+    """RGB pixels of an image file (a regular file inside `root`; errors name the file)."""
+    return read_image(path, root, mode="RGB")
 
 
-def read_grey(path: Path) -> np.ndarray:
+def read_grey(path: Path, root: Path | None = None) -> np.ndarray:
     """uint8 [H, W] grey bytes of a mask file as the reference evaluator reads them
     (`cv2.imread(path, cv2.IMREAD_GRAYSCALE)`, OpenCV with libpng): colour and palette pixels
     become `(9797 R + 19234 G + 3737 B) >> 15` (libpng's rgb-to-grey, truncating), alpha is
     dropped, 16-bit samples keep their high byte, 1/2/4-bit grey is scaled to 0..255."""
-    try:
-        with Image.open(path) as img:
-            if img.format == "JPEG":
-                img.draft("L", img.size)  # libjpeg's grey output: the luma channel as decoded
-            mode = img.mode
-            if mode in ("L", "1"):
-                return np.asarray(img.convert("L"), dtype=np.uint8)
-            if mode in ("I;16", "I;16B", "I;16L", "I", "I;16N"):
-                return (np.asarray(img, dtype=np.int64) >> 8).clip(0, 255).astype(np.uint8)
-            if mode in ("LA", "La"):
-                return np.asarray(img.getchannel(0), dtype=np.uint8)
-            rgb = np.asarray(img.convert("RGB"), dtype=np.int64)
-    except FileNotFoundError:
-        raise MetadataError(f"{path}: mask file is missing") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise MetadataError(f"{path}: mask cannot be read ({err})") from None
-    return ((9797 * rgb[..., 0] + 19234 * rgb[..., 1] + 3737 * rgb[..., 2]) >> 15).astype(np.uint8)
+    def grey(img) -> np.ndarray:
+        if img.format == "JPEG":
+            img.draft("L", img.size)  # libjpeg's grey output: the luma channel as decoded
+        mode = img.mode
+        if mode in ("L", "1"):
+            return np.asarray(img.convert("L"), dtype=np.uint8)
+        if mode in ("I;16", "I;16B", "I;16L", "I", "I;16N"):
+            return (np.asarray(img, dtype=np.int64) >> 8).clip(0, 255).astype(np.uint8)
+        if mode in ("LA", "La"):
+            return np.asarray(img.getchannel(0), dtype=np.uint8)
+        rgb = np.asarray(img.convert("RGB"), dtype=np.int64)
+        return ((9797 * rgb[..., 0] + 19234 * rgb[..., 1] + 3737 * rgb[..., 2]) >> 15).astype(np.uint8)
+
+    return with_image(path, root, "mask", grey)
 
 
 def nearest_index(src: int, dst: int) -> np.ndarray:
@@ -150,12 +143,12 @@ def resize_nearest(a: np.ndarray, size: int) -> np.ndarray:
     return a[nearest_index(a.shape[0], size)[:, None], nearest_index(a.shape[1], size)[None, :]]
 
 
-def load_mask(path: Path, eval_size: int, threshold: int = 0) -> np.ndarray:
+def load_mask(path: Path, eval_size: int, threshold: int = 0, root: Path | None = None) -> np.ndarray:
     """bool [E, E]: a mask file resized from its own size to the evaluation frame (OpenCV
     nearest) and thresholded, grey byte > `threshold`. The reference takes `> 0.5` of the
     float bytes, i.e. any non-zero byte (threshold 0); thresholding before or after a nearest
     resize gives the same pixels."""
-    return resize_nearest(read_grey(path) > threshold, eval_size)
+    return resize_nearest(read_grey(path, root) > threshold, eval_size)
 
 
 class MetadataImages(torch.utils.data.Dataset):
@@ -205,7 +198,7 @@ class MetadataImages(torch.utils.data.Dataset):
         if cached is not None:
             return cached
         rec = self.records[index]
-        img = load_image(self.root / rec.path)
+        img = load_image(self.root / rec.path, self.root)
         size = img.size
         if rec.size is not None and rec.size != size:
             raise MetadataError(f"{self.root / rec.path}: image is {size[0]}x{size[1]} but image_sizes.txt says "
@@ -235,8 +228,8 @@ class MetadataImages(torch.utils.data.Dataset):
         E = self.eval_size
         fg = np.zeros((E, E), dtype=bool)
         for m in rec.masks:
-            fg |= load_mask(self.root / m, E, self.mask_threshold)
+            fg |= load_mask(self.root / m, E, self.mask_threshold, self.root)
         out = fg.astype(np.uint8)
         if rec.ignore:
-            out[load_mask(self.root / rec.ignore, E, self.mask_threshold) & ~fg] = IGNORE
+            out[load_mask(self.root / rec.ignore, E, self.mask_threshold, self.root) & ~fg] = IGNORE
         return torch.from_numpy(out)
