@@ -316,8 +316,9 @@ void embed_phase(Image<scalar_t>& im) {
   uint64_t* key0 = im.key0;
   uint64_t* perm = im.perm;
   const Layout& lay = im.lay;
-#pragma omp for schedule(static)
-  for (int64_t p = 0; p < n; ++p) {
+  // the range of points this thread inserts next: no barrier between the two phases
+  const int nth = omp_get_num_threads(), t = omp_get_thread_num();
+  for (int64_t p = n * t / nth, end = n * (t + 1) / nth; p < end; ++p) {
     scalar_t* w = im.weight + p * (D + 1);
     if (im.valid != nullptr && !im.valid[p]) {
       perm[p] = kInvalidPerm;
@@ -337,6 +338,20 @@ void embed_phase(Image<scalar_t>& im) {
     for (int k = 0; k <= D; ++k) code |= static_cast<uint64_t>(inv[k]) << (4 * k);
     perm[p] = code;
     for (int r = 0; r <= D; ++r) w[r] = static_cast<scalar_t>(bary[r]);
+  }
+}
+
+template <typename scalar_t>
+void embed_dispatch(Image<scalar_t>& im) {
+  switch (im.d) {
+    case 1: embed_phase<scalar_t, 1>(im); break;
+    case 2: embed_phase<scalar_t, 2>(im); break;
+    case 3: embed_phase<scalar_t, 3>(im); break;
+    case 4: embed_phase<scalar_t, 4>(im); break;
+    case 5: embed_phase<scalar_t, 5>(im); break;
+    case 6: embed_phase<scalar_t, 6>(im); break;
+    case 7: embed_phase<scalar_t, 7>(im); break;
+    default: embed_phase<scalar_t, 8>(im); break;
   }
 }
 
@@ -447,15 +462,15 @@ void build_phases(Image<scalar_t>& im) {
     im.used = 0;
     im.overflow = false;
     im.table = ws.table.template get<uint64_t>(im.cap * KW);
+    std::memset(im.table, 0xFF, sizeof(uint64_t) * KW * im.cap);  // kEmpty everywhere
   }
+  embed_dispatch(im);
+  tick(im, kEmbed);
   Key<KW>* table;
   while (true) {
     table = reinterpret_cast<Key<KW>*>(im.table);
     const uint64_t mask = im.cap - 1;
     const int64_t limit = static_cast<int64_t>(im.cap / 2);
-#pragma omp for schedule(static)
-    for (int64_t s = 0; s < static_cast<int64_t>(im.cap); ++s)
-      for (int w = 0; w < KW; ++w) table[s].w[w] = kEmpty;
     if (KW == 1) {  // one-word keys: lock-free, every thread on its own range of points
       insert_points<scalar_t, KW, true>(im, table, mask, limit, n * t / nth, n * (t + 1) / nth);
     } else {
@@ -472,6 +487,7 @@ void build_phases(Image<scalar_t>& im) {
       im.used = 0;
       im.overflow = false;
       im.table = ws.table.template get<uint64_t>(im.cap * KW);
+      std::memset(im.table, 0xFF, sizeof(uint64_t) * KW * im.cap);
     }
   }
   tick(im, kInsert);
@@ -749,20 +765,6 @@ void filter_dispatch(Image<scalar_t>& im, const Pass<scalar_t>& ps) {
   }
 }
 
-template <typename scalar_t>
-void embed_dispatch(Image<scalar_t>& im) {
-  switch (im.d) {
-    case 1: embed_phase<scalar_t, 1>(im); break;
-    case 2: embed_phase<scalar_t, 2>(im); break;
-    case 3: embed_phase<scalar_t, 3>(im); break;
-    case 4: embed_phase<scalar_t, 4>(im); break;
-    case 5: embed_phase<scalar_t, 5>(im); break;
-    case 6: embed_phase<scalar_t, 6>(im); break;
-    case 7: embed_phase<scalar_t, 7>(im); break;
-    default: embed_phase<scalar_t, 8>(im); break;
-  }
-}
-
 // One image with a team of `nt` threads: feat [d, n], vals [K, n], out [K, n] channel-major.
 // Returns false on bad features (nothing meaningful written).
 template <typename scalar_t>
@@ -789,8 +791,6 @@ bool run_image(const scalar_t* feat, const scalar_t* vals, const uint8_t* valid,
     range_phase(im);
     if (!im.bad && !im.empty) {
       tick(im, kRange);
-      embed_dispatch(im);
-      tick(im, kEmbed);
       switch (im.lay.kw) {
         case 1: build_phases<scalar_t, 1>(im); break;
         case 2: build_phases<scalar_t, 2>(im); break;
