@@ -423,7 +423,8 @@ void insert_points(Image<scalar_t>& im, Key<KW>* table, uint64_t mask, int64_t l
       for (int r = 0; r <= d; ++r) out[r] = -1;
       continue;
     }
-    if (kAtomic && __atomic_load_n(&im.overflow, __ATOMIC_RELAXED)) return;
+    // past the load limit the table is redone larger: stop (a full table would never end a probe)
+    if (kAtomic ? __atomic_load_n(&im.overflow, __ATOMIC_RELAXED) : im.overflow) return;
     Key<KW> k = key0[p];
     if (code == prev_code && k == prev[0]) {  // the same simplex as the previous point
       for (int r = 0; r <= d; ++r) out[r] = prev_slot[r];
