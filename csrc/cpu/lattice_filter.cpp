@@ -10,8 +10,10 @@
 //              d+1 barycentric weights, in float64 whatever the value dtype so the lattice (a
 //              discrete structure) is the pure-torch reference's
 //   insert     the d+1 vertex keys (each one add from the previous) go into an open-addressing
-//              table that stores the keys themselves (lock-free compare-and-swap on one word);
-//              a vertex equal to the same vertex of the previous point skips the probe; sized
+//              table that stores the keys themselves (lock-free compare-and-swap on one word;
+//              keys of 2 or 4 words, only for very wide feature ranges, are inserted by one
+//              thread); each thread inserts the points it embedded (no barrier between the two
+//              phases); a vertex equal to the same vertex of the previous point skips the probe; sized
 //              from the previous image's lattice, grown 4x and redone when the load passes 1/2
 //   compact    occupied slots -> dense lattice ids
 //   neighbours the 2 (d+1) blur neighbours of each lattice point, looked up once and used by
