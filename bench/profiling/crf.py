@@ -3,10 +3,19 @@
 CPU: our op (one lattice, all K channels in one pass) against the papers' way (one filtering per
 class: K calls of the op on one channel each, so the lattice is rebuilt K times), 1 thread
 against 2 threads, and the bytes-moved floor (features + values read once, output written
-once). CUDA: the issue's sizes for crf_loss forward+backward, the 512x512 K=21 filter and the
+once), the time of each phase of the CPU kernel (`lattice_filter_phases`), and the kernel side by
+side with the one of git commit e524025 (the previous CPU kernel, built here into a scratch folder
+under its own op namespace, timed in the same run). CUDA: the issue's sizes for crf_loss forward+backward, the 512x512 K=21 filter and the
 joint colour CRF of CoLo-CAM.
 """
 from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +25,9 @@ from bench.ops.lattice_filter import lattice_filter_op
 from bench.profiling import ProfileTable, register_profile, time_breakdown, time_fn
 
 SIZES = {"small": 64, "mid": 256, "full": 512}
+PREV_COMMIT = "e524025"  # the CPU kernel before the packed-key lattice
+PREV_NAMESPACE = "wsolbench_prev"
+PHASES = ("range", "embed", "insert", "compact", "neighbours", "splat", "blur", "slice")
 
 
 def natural_like_images(B: int, H: int, W: int, device, seed: int = 0) -> torch.Tensor:
@@ -50,6 +62,145 @@ def _with_threads(n: int, fn):
         return fn()
     finally:
         torch.set_num_threads(old)
+
+
+def prev_lattice_op(commit: str = PREV_COMMIT) -> tuple[Optional[Callable], str]:
+    """The CPU lattice_filter of git `commit`, as `torch.ops.wsolbench_prev.lattice_filter`
+    (same arguments), built once with torch.utils.cpp_extension.load into
+    $WSOLBENCH_PREV_LATTICE_DIR (default ~/.cache/wsolbench/prev_lattice) and reused.
+    Returns (op, note); op is None and the note says why when it cannot be built."""
+    ns = getattr(torch.ops, PREV_NAMESPACE)
+    if hasattr(ns, "lattice_filter"):
+        return ns.lattice_filter, f"previous kernel: git {commit}, already loaded"
+    root = Path(__file__).resolve().parents[2]
+    cache = Path(os.environ.get("WSOLBENCH_PREV_LATTICE_DIR", Path.home() / ".cache" / "wsolbench" / "prev_lattice"))
+    files = {"csrc/cpu/lattice_filter.cpp": "cpu/lattice_filter_kernel.cpp",
+             "csrc/ops/lattice_filter.cpp": "ops/lattice_filter_schema.cpp",
+             "csrc/ops/lattice_filter.h": "ops/lattice_filter.h"}
+    try:
+        src = cache / commit
+        for path, dest in files.items():
+            text = subprocess.run(["git", "-C", str(root), "show", f"{commit}:{path}"], check=True,
+                                  capture_output=True, text=True, timeout=60).stdout
+            # its own op namespace (and C++ namespace), so both kernels load in one process
+            text = text.replace("wsolbench", PREV_NAMESPACE)
+            out = src / dest
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if not out.exists() or out.read_text() != text:
+                out.write_text(text)
+    except (OSError, subprocess.SubprocessError) as err:
+        detail = getattr(err, "stderr", "") or err
+        return None, f"previous kernel (git {commit}) not compared: its sources could not be read ({str(detail).strip()[:200]})"
+    try:
+        from torch.utils.cpp_extension import load
+
+        build = cache / f"build-{commit}"
+        build.mkdir(parents=True, exist_ok=True)
+        load(name=f"{PREV_NAMESPACE}_lattice", sources=[str(src / files["csrc/cpu/lattice_filter.cpp"]),
+                                                         str(src / files["csrc/ops/lattice_filter.cpp"])],
+             extra_cflags=["-O3", "-std=c++17", "-fopenmp"], extra_ldflags=["-fopenmp"], build_directory=str(build),
+             is_python_module=False, verbose=False)
+    except Exception as err:  # noqa: BLE001 - no compiler, no ninja, a failed build: say so, do not crash
+        return None, f"previous kernel (git {commit}) not compared: building it failed ({str(err).strip()[:300]})"
+    return ns.lattice_filter, f"previous kernel: git {commit} built into {cache}"
+
+
+def _interleaved_ms(fns: dict, repeat: int) -> dict:
+    """Best and median wall time (ms) of each function, called in turn in every round so that
+    the load of a shared machine falls on all of them alike."""
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: (min(v), statistics.median(v)) for k, v in times.items()}
+
+
+def _prev_rows(size: str, repeat: int) -> tuple[list[dict], list[str]]:
+    """This kernel against the previous one, same inputs, same run: forward at K=2 and K=21,
+    1 and 2 threads, a batch and a single image; and crf_loss forward+backward against the
+    previous kernel's forward alone."""
+    prev, note = prev_lattice_op()
+    notes = [note]
+    if prev is None:
+        return [], notes
+    if size == "small":
+        cases = [(4, 64, 2), (4, 64, 21), (1, 128, 2)]
+        big = (1, 128)
+    else:
+        cases = [(32, 224, 2), (32, 224, 21), (1, 224, 2), (1, 512, 2)]
+        big = (1, 512)
+    rows = []
+    cur = torch.ops.wsolbench.lattice_filter
+    for B, side, K in cases:
+        images = natural_like_images(B, side, side, "cpu")
+        feat = crf_features(images, 15.0, 100.0, torch.float32)
+        values = torch.rand(B, K, side * side, generator=torch.Generator().manual_seed(1))
+        ref = prev(feat, values, None, False, False, False)
+        diff = ((cur(feat, values, None, False, False, False) - ref).abs().max() / ref.abs().max()).item()
+        for nt in (1, 2):
+            t = _with_threads(nt, lambda: _interleaved_ms({
+                "new": lambda: cur(feat, values, None, False, False, False),
+                "old": lambda: prev(feat, values, None, False, False, False)}, repeat))
+            rows.append({"case": f"forward {B}x{side}x{side} K={K}", "threads": nt,
+                         "new ms (best)": round(t["new"][0], 2), "new ms (median)": round(t["new"][1], 2),
+                         "old ms (best)": round(t["old"][0], 2), "old ms (median)": round(t["old"][1], 2),
+                         "old / new (best)": round(t["old"][0] / t["new"][0], 2),
+                         "old / new (median)": round(t["old"][1] / t["new"][1], 2),
+                         "max rel diff": f"{diff:.1e}"})
+    # the loss: one symmetric call (energy and exact gradient) against the old forward alone
+    B, side = cases[0][0], cases[0][1]
+    images = natural_like_images(B, side, side, "cpu")
+    probs = torch.softmax(torch.randn(B, 2, side, side, generator=torch.Generator().manual_seed(2)), 1)
+    probs.requires_grad_(True)
+    feat = crf_features(images, 15.0, 100.0, torch.float32)
+    seg = probs.detach().reshape(B, 2, side * side).contiguous()
+    for nt in (1, 2):
+        t = _with_threads(nt, lambda: _interleaved_ms({
+            "loss": lambda: crf_loss(images, probs).backward(),
+            "old": lambda: prev(feat, seg, None, False, False, False)}, repeat))
+        rows.append({"case": f"crf_loss fwd+bwd {B}x{side}x{side} K=2 (new) vs old forward only", "threads": nt,
+                     "new ms (best)": round(t["loss"][0], 2), "new ms (median)": round(t["loss"][1], 2),
+                     "old ms (best)": round(t["old"][0], 2), "old ms (median)": round(t["old"][1], 2),
+                     "old / new (best)": round(t["old"][0] / t["loss"][0], 2),
+                     "old / new (median)": round(t["old"][1] / t["loss"][1], 2), "max rel diff": "-"})
+    notes.append(f"best and median of {repeat} rounds, both kernels called in turn in every round; old / new > 1: "
+                 "the new kernel is faster; max rel diff: max |new - old| / max |old| (float rounding)")
+    notes.append(f"{big[0]}x{big[1]}x{big[1]}: one image, so 2 threads share it; on an idle machine the 2-thread "
+                 "time is about half the 1-thread time, on a loaded one every barrier waits for a descheduled thread")
+    return rows, notes
+
+
+def _phase_rows(size: str, repeat: int) -> list[dict]:
+    """Per-phase time of the CPU kernel (`lattice_filter_phases`), the fastest of `repeat` runs."""
+    cases = ([(2, 64, 2, 1, False), (1, 128, 2, 2, False), (2, 64, 2, 1, True)] if size == "small" else
+             [(32, 224, 2, 1, False), (32, 224, 2, 2, False), (32, 224, 21, 2, False), (32, 224, 2, 2, True),
+              (1, 224, 2, 1, False), (1, 224, 2, 2, False), (1, 512, 2, 1, False), (1, 512, 2, 2, False)])
+    rows = []
+    for B, side, K, nt, sym in cases:
+        images = natural_like_images(B, side, side, "cpu")
+        feat = crf_features(images, 15.0, 100.0, torch.float32)
+        values = torch.rand(B, K, side * side, generator=torch.Generator().manual_seed(1))
+
+        def run():
+            t0 = time.perf_counter()
+            _, ph = torch.ops.wsolbench.lattice_filter_phases(feat, values, None, False, False, sym)
+            return (time.perf_counter() - t0) * 1e3, ph
+
+        best = None
+        _with_threads(nt, run)
+        for _ in range(repeat):
+            wall, ph = _with_threads(nt, run)
+            if best is None or wall < best[0]:
+                best = (wall, ph)
+        row = {"case": f"{B}x{side}x{side} K={K}{' symmetric' if sym else ''}", "threads": nt,
+               "wall ms": round(best[0], 2)}
+        row.update({f"{name} ms": round(float(v), 2) for name, v in zip(PHASES, best[1].tolist())})
+        rows.append(row)
+    return rows
 
 
 def _filter_rows(device: torch.device, side: int, classes, threads, repeat: int) -> tuple[list[dict], dict]:
@@ -127,6 +278,17 @@ def profile_crf(device: torch.device, size: str = "small") -> list[ProfileTable]
         notes.append("2-thread medians are only meaningful on an idle machine: when the cores are "
                      "oversubscribed every OpenMP barrier waits for a descheduled thread")
     tables.append(ProfileTable(f"lattice_filter on {device.type}: op vs per-class loop", rows, notes))
+    if device.type == "cpu" and hasattr(torch.ops.wsolbench, "lattice_filter_phases"):
+        tables.append(ProfileTable(
+            "lattice_filter CPU phases (ms)", _phase_rows(size, repeat),
+            ["the fastest of the runs; one image per thread (batch >= threads): phase times summed over images and "
+             "threads (thread time); one team per image (a batch of 1): wall time of each phase, summed over images",
+             "range: feature bounds (the packed key layout); embed: simplex and barycentric weights (float64); "
+             "insert: vertex keys into the hash table; compact: dense ids; neighbours: 2 (d+1) per lattice point; "
+             "splat, blur (both orders when symmetric), slice"]))
+        rows_prev, notes_prev = _prev_rows(size, repeat)
+        tables.append(ProfileTable(f"lattice_filter CPU: this kernel (new) vs git {PREV_COMMIT} (old), same run",
+                                   rows_prev, notes_prev))
     tables.append(ProfileTable(f"crf_loss forward+backward on {device.type}: one lattice or two",
                                _energy_rows(device, size, repeat),
                                [f"best of {repeat} runs; {torch.get_num_threads() if device.type == 'cpu' else '-'} "

@@ -1,20 +1,32 @@
 // CPU kernel of wsolbench::lattice_filter (schema in csrc/ops/lattice_filter.cpp).
 //
-// Per image:
-//   1. embed: each point is lifted onto the d-dimensional hyperplane of Z^{d+1}; we find the
-//      enclosing simplex (remainder-0 vertex `rem0` and the permutation `rank`) and the d+1
-//      barycentric weights. Done in float64 whatever the value dtype so the lattice (a discrete
-//      structure) is identical to the pure-torch reference.
-//   2. build: the d+1 simplex vertices of every point are inserted into an open-addressing hash
-//      table sized from the input (2 * N * (d+1) slots, rounded up to a power of two) with a
-//      lock-free compare-and-swap insert (a slot stores the id of the first vertex carrying the
-//      key; keys are recomputed from (rem0, rank) of that vertex). Slots are compacted into dense
-//      lattice ids, then the splat is made a gather: a CSR list of (vertex) per lattice point,
-//      sorted so that sums are deterministic, and the 2 (d+1) blur neighbours are looked up once.
-//   3. filter: splat (parallel over lattice points, no atomics), blur along the d+1 directions
-//      with weights (0.5, 1, 0.5) (parallel over lattice points, double buffered), slice
-//      (parallel over points) times alpha = 1 / (1 + 2^-d). All K channels at once.
-// OpenMP over images when there are many small images, otherwise within an image.
+// Per image, inside one OpenMP team (all threads on one image, or one thread per image when the
+// batch has enough images), with barriers between the phases:
+//   range      min/max of every feature over the valid points (and the finiteness check); they
+//              bound the lattice coordinates, so a key is packed into 1, 2 or 4 64-bit words
+//              (one word for the usual CRF features: one compare, one cheap hash)
+//   embed      each point is lifted onto the d-dimensional hyperplane of Z^{d+1}: the enclosing
+//              simplex (the packed key of its remainder-0 vertex and the permutation) and the
+//              d+1 barycentric weights, in float64 whatever the value dtype so the lattice (a
+//              discrete structure) is the pure-torch reference's
+//   insert     the d+1 vertex keys (each one add from the previous) go into an open-addressing
+//              table that stores the keys themselves (lock-free compare-and-swap on one word;
+//              keys of 2 or 4 words, only for very wide feature ranges, are inserted by one
+//              thread); each thread inserts the points it embedded (no barrier between the two
+//              phases); a vertex equal to the same vertex of the previous point skips the probe; sized
+//              from the previous image's lattice, grown 4x and redone when the load passes 1/2
+//   compact    occupied slots -> dense lattice ids
+//   neighbours the 2 (d+1) blur neighbours of each lattice point, looked up once and used by
+//              every blur direction and by both blur orders
+//   splat      scatter into a few private accumulators, one per fixed chunk of points (the
+//              chunks depend on N only, so the sums, and the result, do not depend on the
+//              thread count), summed in chunk order
+//   blur       (0.5, 1, 0.5) along the d+1 directions, double buffered; symmetric (W + W^T):
+//              both orders advance in the same pass over the lattice
+//   slice      gather, times alpha = 1 / (1 + 2^-d), written channel-major into the output
+// Lattice ids depend on the table layout (so on thread timing), the values never do: every sum
+// runs in a fixed order over points or chunks. Buffers live in a per-thread workspace reused
+// across calls (grown, never shrunk).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -23,11 +35,12 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdio>
-#include <cstdlib>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
+#include <memory>
+#include <tuple>
 #include <vector>
 
 #include "../ops/lattice_filter.h"
@@ -36,517 +49,831 @@ namespace wsolbench {
 namespace {
 
 constexpr int kMaxD = 8;
+constexpr uint64_t kEmpty = ~0ULL;          // word 0 of a free slot (no key has all bits set)
+constexpr uint64_t kInvalidPerm = ~0ULL;    // permutation code of a masked-out point
+constexpr int kMaxChunks = 4;               // splat accumulators per image
+constexpr int64_t kChunkPoints = 16384;     // points per splat chunk (at least)
 
-template <typename scalar_t>
-struct Lattice {
-  int d = 0;
-  int64_t n = 0;                 // points of the image
-  int64_t m = 0;                 // lattice points
-  std::vector<int32_t> rem0;     // n * (d+1)
-  std::vector<int8_t> rank;      // n * (d+1)
-  std::vector<scalar_t> weight;  // n * (d+1) barycentric weights
-  std::vector<int32_t> vlat;     // n * (d+1) lattice id of each vertex, -1 for invalid points
-  std::vector<int32_t> rep;      // m: a vertex carrying the lattice point's key
-  std::vector<int32_t> ptr;      // m + 1: CSR offsets of the vertices splatting into a point
-  std::vector<int32_t> vtx;      // CSR: point of each splatting vertex, in vertex order
-  std::vector<scalar_t> vw;      // CSR: its barycentric weight
-  std::vector<int32_t> nbr;      // m * (d+1) * 2: blur neighbours (-1 when absent)
-  std::vector<int32_t> table;    // hash slots: vertex id or -1
+enum Phase { kRange, kEmbed, kInsert, kCompact, kNeighbours, kSplat, kBlur, kSlice, kPhases };
 
-  inline void key_of(int64_t v, int32_t* key) const {
-    const int64_t p = v / (d + 1);
-    key_of(p, static_cast<int>(v - p * (d + 1)), key);
-  }
-  // vertex r of point p (no integer division: the hot loops know p and r)
-  inline void key_of(int64_t p, int r, int32_t* key) const {
-    const int32_t* r0 = &rem0[p * (d + 1)];
-    const int8_t* rk = &rank[p * (d + 1)];
-    for (int i = 0; i < d; ++i) key[i] = r0[i] + (rk[i] <= d - r ? r : r - (d + 1));
+// A growable raw buffer: reused across calls, no zero-initialisation.
+struct Buf {
+  std::unique_ptr<uint8_t[]> data;
+  size_t bytes = 0;
+  template <typename T>
+  T* get(size_t count) {
+    const size_t need = count * sizeof(T) + 64;
+    if (need > bytes) {
+      const size_t grown = std::max(need, bytes + bytes / 2);
+      data.reset(new uint8_t[grown]);
+      bytes = grown;
+    }
+    return reinterpret_cast<T*>(data.get());
   }
 };
 
-// inline comparison (memcmp with a run-time size is a library call in the hot loops)
-template <typename T>
-inline bool equal_n(const T* a, const T* b, int n) {
-  bool eq = true;
-  for (int i = 0; i < n; ++i) eq &= a[i] == b[i];
-  return eq;
-}
+struct Workspace {
+  Buf key0, perm, weight, vid, table, slot_id, lkeys, nbr, lat, nrm, partial;
+  int64_t m_hint = 0;  // lattice points of the last image: the next table's size
+};
 
-inline uint64_t hash_key(const int32_t* key, int d) {
-  uint64_t h = 0x2545F4914F6CDD1DULL;
-  for (int i = 0; i < d; ++i) {
-    h ^= static_cast<uint32_t>(key[i]);
-    h *= 0x9E3779B97F4A7C15ULL;
+// One per thread: in a team over one image the master's is shared, one image per thread uses
+// each thread's own. OpenMP threads persist, so the buffers survive between calls.
+thread_local Workspace tls_workspace;
+
+// Where the fields of a packed key sit: coordinate i is (key_i - bias_i) << shift_i in word_i.
+struct Layout {
+  int kw = 1;
+  int word[kMaxD];
+  int shift[kMaxD];
+  int64_t bias[kMaxD];
+};
+
+template <int KW>
+struct Key {
+  uint64_t w[KW];
+  inline bool operator==(const Key& o) const {
+    bool eq = true;
+    for (int i = 0; i < KW; ++i) eq &= w[i] == o.w[i];
+    return eq;
   }
-  h ^= h >> 33;  // murmur3 finaliser: the low bits used as the slot depend on every coordinate
-  h *= 0xFF51AFD7ED558CCDULL;
-  h ^= h >> 33;
-  h *= 0xC4CEB9FE1A85EC53ULL;
-  h ^= h >> 33;
-  return h;
+  inline bool operator!=(const Key& o) const { return !(*this == o); }
+  inline Key& operator+=(const Key& o) {  // mod 2^64 per word: the fields never leave their range
+    for (int i = 0; i < KW; ++i) w[i] += o.w[i];
+    return *this;
+  }
+  inline Key operator+(const Key& o) const {
+    Key r = *this;
+    r += o;
+    return r;
+  }
+};
+
+inline uint64_t mix64(uint64_t x) {
+  x ^= x >> 31;
+  x *= 0x9E3779B97F4A7C15ULL;
+  x ^= x >> 29;
+  return x;
 }
 
-// Lift points onto the lattice: rem0, rank, barycentric weights (steps as in Adams et al.).
+template <int KW>
+inline uint64_t hash_of(const Key<KW>& k) {
+  uint64_t h = k.w[0];
+  for (int i = 1; i < KW; ++i) h = mix64(h) ^ k.w[i];
+  return mix64(h);
+}
+
+// Key of `delta_i` added to each coordinate i (two's complement in each word).
+template <int KW>
+Key<KW> delta_key(const Layout& lay, int d, const int64_t* delta) {
+  Key<KW> k;
+  for (int w = 0; w < KW; ++w) k.w[w] = 0;
+  for (int i = 0; i < d; ++i)
+    k.w[lay.word[i]] += static_cast<uint64_t>(delta[i]) << lay.shift[i];
+  return k;
+}
+
+// State shared by the team working on one image.
 template <typename scalar_t>
-bool embed(Lattice<scalar_t>& L, const scalar_t* feat /* [d, n] */, const uint8_t* valid, int nt) {
+struct Image {
+  int d = 0;
+  int64_t n = 0;
+  const scalar_t* feat = nullptr;  // [d, n]
+  const uint8_t* valid = nullptr;  // [n] or null
+  Workspace* ws = nullptr;
+  double* timing = nullptr;        // [kPhases] ms, added to (thread 0 of the team), or null
+  // built
+  Layout lay;
+  int64_t m = 0;
+  bool bad = false, empty = false, overflow = false;
+  int64_t used = 0;
+  uint64_t cap = 0;
+  scalar_t* weight = nullptr;  // [n, d+1]
+  int32_t* vid = nullptr;      // [n, d+1]: table slot, then lattice id after the first splat; -1 masked
+  bool remapped = false;
+  int32_t* nbr = nullptr;      // [d+1, m, 2]: neighbour ids, m (a zero row) when absent
+  uint64_t* key0 = nullptr;    // [n, kw]: packed key of the remainder-0 vertex
+  uint64_t* perm = nullptr;    // [n]: inverse permutation, 4 bits per rank
+  uint64_t* table = nullptr;   // [cap, kw]
+  int32_t* slot_id = nullptr;  // [cap]
+  uint64_t* lkeys = nullptr;   // [m, kw]
+  double* partial = nullptr;   // per-thread partial results
+  void* lat = nullptr;         // lattice values of the current filtering
+  double lo[kMaxD], hi[kMaxD];
+  std::chrono::steady_clock::time_point t_last;
+};
+
+template <typename scalar_t>
+inline void tick(Image<scalar_t>& im, Phase ph) {
+  if (im.timing == nullptr || omp_get_thread_num() != 0) return;
+  const auto now = std::chrono::steady_clock::now();
+  im.timing[ph] += std::chrono::duration<double, std::milli>(now - im.t_last).count();
+  im.t_last = now;
+}
+
+// ---- range: bounds of the features, finiteness -------------------------------------------------
+template <typename scalar_t>
+void range_phase(Image<scalar_t>& im) {
+  const int d = im.d;
+  const int64_t n = im.n;
+  const int nth = omp_get_num_threads(), t = omp_get_thread_num();
+  double* part = im.partial;
+  double lo[kMaxD], hi[kMaxD];
+  for (int j = 0; j < d; ++j) { lo[j] = std::numeric_limits<double>::infinity(); hi[j] = -lo[j]; }
   int bad = 0;
-  const int d = L.d;
-  const int64_t n = L.n;
-  const double inv_std = std::sqrt(2.0 / 3.0) * (d + 1);
-  double scale[kMaxD];
-  for (int i = 0; i < d; ++i) scale[i] = inv_std / std::sqrt(static_cast<double>((i + 1) * (i + 2)));
-  const double down = 1.0 / (d + 1);
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (int64_t p = 0; p < n; ++p) {
-    int32_t* r0 = &L.rem0[p * (d + 1)];
-    int8_t* rk = &L.rank[p * (d + 1)];
-    scalar_t* w = &L.weight[p * (d + 1)];
-    if (valid != nullptr && !valid[p]) {
-      for (int i = 0; i <= d; ++i) { r0[i] = 0; rk[i] = 0; w[i] = 0; }
-      continue;
-    }
-    double f[kMaxD];
-    bool ok = true;
-    for (int j = 0; j < d; ++j) {
-      f[j] = static_cast<double>(feat[j * n + p]);
-      // lattice coordinates are int32: |f| * (d+1)^2 must stay far below 2^31
-      ok &= std::fabs(f[j]) <= 1e6;  // false for NaN too
-    }
-    if (!ok) {
-      __atomic_store_n(&bad, 1, __ATOMIC_RELAXED);
-      for (int i = 0; i <= d; ++i) { r0[i] = 0; rk[i] = 0; w[i] = 0; }
-      continue;
-    }
-    double el[kMaxD + 1], bary[kMaxD + 2];
-    double sm = 0.0;
-    for (int j = d; j > 0; --j) {
-      const double cf = f[j - 1] * scale[j - 1];
-      el[j] = sm - j * cf;
-      sm += cf;
-    }
-    el[0] = sm;
-    int64_t sum = 0;
-    int32_t rem[kMaxD + 1];
-    int rnk[kMaxD + 1];
-    for (int i = 0; i <= d; ++i) {
-      const double rd = std::nearbyint(el[i] * down);
-      rem[i] = static_cast<int32_t>(rd) * (d + 1);
-      sum += static_cast<int64_t>(rd);
-      rnk[i] = 0;
-    }
-    for (int i = 0; i < d; ++i) {
-      const double di = el[i] - rem[i];
-      for (int j = i + 1; j <= d; ++j) {
-        const int lt = di < el[j] - rem[j];  // branch-free: these comparisons are unpredictable
-        rnk[i] += lt;
-        rnk[j] += 1 - lt;
+  const int64_t a = n * t / nth, b = n * (t + 1) / nth;
+  for (int j = 0; j < d; ++j) {
+    const scalar_t* f = im.feat + j * n;
+    double l = lo[j], h = hi[j];
+    if (im.valid == nullptr) {
+      for (int64_t p = a; p < b; ++p) {
+        const double x = static_cast<double>(f[p]);
+        l = std::min(l, x);
+        h = std::max(h, x);
+        bad |= !(std::fabs(x) <= 1e6);  // NaN too
+      }
+    } else {
+      for (int64_t p = a; p < b; ++p) {
+        if (!im.valid[p]) continue;
+        const double x = static_cast<double>(f[p]);
+        l = std::min(l, x);
+        h = std::max(h, x);
+        bad |= !(std::fabs(x) <= 1e6);
       }
     }
-    for (int i = 0; i <= d; ++i) {
-      rnk[i] += static_cast<int>(sum);
-      if (rnk[i] < 0) { rnk[i] += d + 1; rem[i] += d + 1; }
-      else if (rnk[i] > d) { rnk[i] -= d + 1; rem[i] -= d + 1; }
+    lo[j] = l;
+    hi[j] = h;
+  }
+  for (int j = 0; j < d; ++j) {
+    part[(t * (2 * kMaxD + 1)) + j] = lo[j];
+    part[(t * (2 * kMaxD + 1)) + kMaxD + j] = hi[j];
+  }
+  part[t * (2 * kMaxD + 1) + 2 * kMaxD] = bad;
+#pragma omp barrier
+#pragma omp single
+  {
+    bool any_bad = false;
+    for (int j = 0; j < d; ++j) { im.lo[j] = std::numeric_limits<double>::infinity(); im.hi[j] = -im.lo[j]; }
+    for (int tt = 0; tt < nth; ++tt) {
+      for (int j = 0; j < d; ++j) {
+        im.lo[j] = std::min(im.lo[j], part[tt * (2 * kMaxD + 1) + j]);
+        im.hi[j] = std::max(im.hi[j], part[tt * (2 * kMaxD + 1) + kMaxD + j]);
+      }
+      any_bad |= part[tt * (2 * kMaxD + 1) + 2 * kMaxD] != 0;
     }
-    for (int i = 0; i <= d + 1; ++i) bary[i] = 0.0;
-    for (int i = 0; i <= d; ++i) {
-      const double v = (el[i] - rem[i]) * down;
-      bary[d - rnk[i]] += v;
-      bary[d - rnk[i] + 1] -= v;
-    }
-    bary[0] += 1.0 + bary[d + 1];
-    for (int i = 0; i <= d; ++i) {
-      r0[i] = rem[i];
-      rk[i] = static_cast<int8_t>(rnk[i]);
-      w[i] = static_cast<scalar_t>(bary[i]);
+    im.bad = any_bad;
+    im.empty = !(im.lo[0] <= im.hi[0]);  // no valid point
+    if (!im.bad && !im.empty) {
+      // interval bounds of the elevated coordinates el_i (see `embed_point`), with a margin
+      // covering rounding to the remainder-0 vertex, the vertex offsets and the neighbours
+      const double inv_std = std::sqrt(2.0 / 3.0) * (d + 1);
+      double clo[kMaxD + 1], chi[kMaxD + 1];  // cf_j, j = 1..d
+      for (int j = 1; j <= d; ++j) {
+        const double s = inv_std / std::sqrt(static_cast<double>(j * (j + 1)));
+        clo[j] = im.lo[j - 1] * s;
+        chi[j] = im.hi[j - 1] * s;
+      }
+      int word = 0, shift = 0;
+      for (int i = 0; i < d; ++i) {
+        double elo = 0, ehi = 0;
+        for (int j = i + 1; j <= d; ++j) { elo += clo[j]; ehi += chi[j]; }
+        if (i > 0) { elo -= i * chi[i]; ehi -= i * clo[i]; }
+        const int64_t margin = 4 * (d + 1) + 4;
+        const int64_t kmin = static_cast<int64_t>(std::floor(elo)) - margin;
+        const int64_t kmax = static_cast<int64_t>(std::ceil(ehi)) + margin;
+        int bits = 1;
+        while ((int64_t(1) << bits) <= kmax - kmin + 1) ++bits;
+        if (shift + bits > 64) { ++word; shift = 0; }
+        im.lay.word[i] = word;
+        im.lay.shift[i] = shift;
+        im.lay.bias[i] = kmin;
+        shift += bits;
+      }
+      im.lay.kw = word + 1;
     }
   }
-  return bad == 0;
+}
+
+// ---- embed -------------------------------------------------------------------------------------
+// std::nearbyint without SSE4.1 is a library call that saves and restores the FP environment;
+// adding and subtracting 1.5 * 2^52 rounds half to even the same way (|x| < 2^51, default
+// rounding mode; the features are bounded by 1e6).
+inline double round_even(double x) {
+  volatile double magic = 6755399441055744.0;  // volatile: the sum must not be folded away
+  const double mg = magic;
+  return (x + mg) - mg;
+}
+
+// Lift one point (steps as in Adams et al.); returns the remainder-0 vertex, the inverse
+// permutation (inv[k] = coordinate of rank k) and the barycentric weights.
+template <int D>
+inline void embed_point(const double* f, const double* scale, int32_t* rem, int* inv, double* bary) {
+  constexpr double down = 1.0 / (D + 1);
+  double el[D + 1];
+  double sm = 0.0;
+  for (int j = D; j > 0; --j) {
+    const double cf = f[j - 1] * scale[j - 1];
+    el[j] = sm - j * cf;
+    sm += cf;
+  }
+  el[0] = sm;
+  int64_t sum = 0;
+  int rnk[D + 1];
+  for (int i = 0; i <= D; ++i) {
+    const double rd = round_even(el[i] * down);
+    rem[i] = static_cast<int32_t>(rd) * (D + 1);
+    sum += static_cast<int64_t>(rd);
+    rnk[i] = 0;
+  }
+  for (int i = 0; i < D; ++i) {
+    const double di = el[i] - rem[i];
+    for (int j = i + 1; j <= D; ++j) {
+      const int lt = di < el[j] - rem[j];  // branch-free: these comparisons are unpredictable
+      rnk[i] += lt;
+      rnk[j] += 1 - lt;
+    }
+  }
+  double v[D + 1];
+  for (int i = 0; i <= D; ++i) {
+    const int rk = rnk[i] + static_cast<int>(sum);
+    const int wrap = (rk < 0) - (rk > D);  // branch-free: taken about half the time
+    rnk[i] = rk + wrap * (D + 1);
+    rem[i] += wrap * (D + 1);
+    v[i] = (el[i] - rem[i]) * down;
+    inv[rnk[i]] = i;
+  }
+  // b[D - rank_i] += v_i and b[D - rank_i + 1] -= v_i: each weight gets one term of each sign,
+  // so gathering them through the inverse permutation rounds the same as the scatter
+  for (int j = 1; j <= D; ++j) bary[j] = v[inv[D - j]] - v[inv[D - j + 1]];
+  bary[0] = v[inv[D]] + (1.0 - v[inv[0]]);
+}
+
+template <typename scalar_t, int D>
+void embed_phase(Image<scalar_t>& im) {
+  const int64_t n = im.n;
+  const int kw = im.lay.kw == 3 ? 4 : im.lay.kw;
+  const double inv_std = std::sqrt(2.0 / 3.0) * (D + 1);
+  double scale[D];
+  for (int i = 0; i < D; ++i) scale[i] = inv_std / std::sqrt(static_cast<double>((i + 1) * (i + 2)));
+  uint64_t* key0 = im.key0;
+  uint64_t* perm = im.perm;
+  const Layout& lay = im.lay;
+  // the range of points this thread inserts next: no barrier between the two phases
+  const int nth = omp_get_num_threads(), t = omp_get_thread_num();
+  for (int64_t p = n * t / nth, end = n * (t + 1) / nth; p < end; ++p) {
+    scalar_t* w = im.weight + p * (D + 1);
+    if (im.valid != nullptr && !im.valid[p]) {
+      perm[p] = kInvalidPerm;
+      for (int r = 0; r <= D; ++r) w[r] = 0;
+      continue;
+    }
+    double f[D], bary[D + 1];
+    int32_t rem[D + 1];
+    int inv[D + 1];
+    for (int j = 0; j < D; ++j) f[j] = static_cast<double>(im.feat[j * n + p]);
+    embed_point<D>(f, scale, rem, inv, bary);
+    uint64_t words[4] = {0, 0, 0, 0};
+    for (int i = 0; i < D; ++i)
+      words[lay.word[i]] += static_cast<uint64_t>(rem[i] - lay.bias[i]) << lay.shift[i];
+    for (int k = 0; k < kw; ++k) key0[p * kw + k] = words[k];
+    uint64_t code = 0;
+    for (int k = 0; k <= D; ++k) code |= static_cast<uint64_t>(inv[k]) << (4 * k);
+    perm[p] = code;
+    for (int r = 0; r <= D; ++r) w[r] = static_cast<scalar_t>(bary[r]);
+  }
 }
 
 template <typename scalar_t>
-void build(Lattice<scalar_t>& L, const uint8_t* valid, int nt) {
-  const int d = L.d;
-  const int64_t nv = L.n * (d + 1);
-  // The table is sized from the input: 2 * N * (d+1) slots always suffice (load <= 1/2), but
-  // natural images have ~0.03-0.08 lattice points per pixel, so we start 16x smaller (cache
-  // resident) and grow 4x whenever the load would pass 1/2 (at most twice).
-  uint64_t full = 16;
-  while (full < static_cast<uint64_t>(2 * nv)) full <<= 1;
-  uint64_t cap = std::max<uint64_t>(1024, full / 16);
-  if (cap > full) cap = full;
-  uint64_t mask = 0;
-  L.vlat.resize(nv);
-  auto tb0 = std::chrono::steady_clock::now();
+void embed_dispatch(Image<scalar_t>& im) {
+  switch (im.d) {
+    case 1: embed_phase<scalar_t, 1>(im); break;
+    case 2: embed_phase<scalar_t, 2>(im); break;
+    case 3: embed_phase<scalar_t, 3>(im); break;
+    case 4: embed_phase<scalar_t, 4>(im); break;
+    case 5: embed_phase<scalar_t, 5>(im); break;
+    case 6: embed_phase<scalar_t, 6>(im); break;
+    case 7: embed_phase<scalar_t, 7>(im); break;
+    default: embed_phase<scalar_t, 8>(im); break;
+  }
+}
+
+// ---- insert ------------------------------------------------------------------------------------
+template <int KW, bool kAtomic>
+inline int64_t insert_key(Key<KW>* table, uint64_t mask, const Key<KW>& k, int64_t* used, int64_t limit,
+                          bool* overflow) {
+  uint64_t s = hash_of(k) & mask;
   while (true) {
-    mask = cap - 1;
-    L.table.assign(cap, -1);
-    int32_t* table = L.table.data();
-    const int64_t limit = static_cast<int64_t>(cap / 2);
-    int64_t used = 0;
-    int overflow = 0;
-
-    // 1. lock-free insert; vlat temporarily holds the slot of each vertex. Neighbouring points
-    //    mostly share their simplex, so each thread first compares a vertex's key with the key
-    //    of the same-remainder vertex of the previous point it handled and skips the probe on a hit.
-#pragma omp parallel num_threads(nt)
-    {
-      int32_t prev_key[kMaxD + 1][kMaxD];
-      int64_t prev_slot[kMaxD + 1];
-      for (int r = 0; r <= d; ++r) prev_slot[r] = -1;
-      int64_t prev_p = -1;  // previous point handled by this thread
-#pragma omp for schedule(static)
-      for (int64_t p = 0; p < L.n; ++p) {
-        if (__atomic_load_n(&overflow, __ATOMIC_RELAXED)) continue;
-        if (valid != nullptr && !valid[p]) {
-          for (int r = 0; r <= d; ++r) L.vlat[p * (d + 1) + r] = -1;
-          continue;
+    if (kAtomic) {
+      uint64_t cur = __atomic_load_n(&table[s].w[0], __ATOMIC_RELAXED);
+      if (cur == kEmpty) {
+        uint64_t expected = kEmpty;
+        if (__atomic_compare_exchange_n(&table[s].w[0], &expected, k.w[0], false, __ATOMIC_RELAXED,
+                                        __ATOMIC_RELAXED)) {
+          if (__atomic_add_fetch(used, 1, __ATOMIC_RELAXED) > limit) __atomic_store_n(overflow, true, __ATOMIC_RELAXED);
+          return static_cast<int64_t>(s);
         }
-        // same simplex as the previous point (the common case on smooth images): reuse its slots
-        if (prev_p >= 0 &&
-            equal_n(&L.rem0[p * (d + 1)], &L.rem0[prev_p * (d + 1)], d + 1) &&
-            equal_n(&L.rank[p * (d + 1)], &L.rank[prev_p * (d + 1)], d + 1)) {
-          for (int r = 0; r <= d; ++r) L.vlat[p * (d + 1) + r] = L.vlat[prev_p * (d + 1) + r];
-          continue;
-        }
-        prev_p = p;
-        for (int r = 0; r <= d; ++r) {
-          const int64_t v = p * (d + 1) + r;
-          int32_t key[kMaxD], other[kMaxD];
-          L.key_of(p, r, key);
-          if (prev_slot[r] >= 0 && equal_n(prev_key[r], key, d)) {
-            L.vlat[v] = static_cast<int32_t>(prev_slot[r]);
-            continue;
-          }
-          uint64_t s = hash_key(key, d) & mask;
-          while (true) {
-            int32_t owner = __atomic_load_n(&table[s], __ATOMIC_ACQUIRE);
-            if (owner < 0) {
-              int32_t expected = -1;
-              if (__atomic_compare_exchange_n(&table[s], &expected, static_cast<int32_t>(v), false,
-                                              __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-                if (__atomic_add_fetch(&used, 1, __ATOMIC_RELAXED) > limit) {
-                  __atomic_store_n(&overflow, 1, __ATOMIC_RELAXED);
-                }
-                break;
-              }
-              owner = expected;
-            }
-            L.key_of(owner, other);
-            if (equal_n(other, key, d)) break;
-            s = (s + 1) & mask;
-          }
-          L.vlat[v] = static_cast<int32_t>(s);
-          for (int i = 0; i < d; ++i) prev_key[r][i] = key[i];
-          prev_slot[r] = static_cast<int64_t>(s);
-        }
+        cur = expected;
       }
-    }
-    if (!overflow) break;
-    cap = std::min(full, cap * 4);  // at `full` the load cannot pass 1/2: the loop ends
-  }
-  int32_t* table = L.table.data();
-
-  auto tb1 = std::chrono::steady_clock::now();
-  // 2. compact slots into dense ids (two-pass parallel count).
-  std::vector<int32_t> slot_id(cap);
-  const int chunks = std::max(1, nt);
-  std::vector<int64_t> counts(chunks + 1, 0);
-#pragma omp parallel for schedule(static, 1) num_threads(nt)
-  for (int c = 0; c < chunks; ++c) {
-    const uint64_t lo = cap * c / chunks, hi = cap * (c + 1) / chunks;
-    int64_t cnt = 0;
-    for (uint64_t s = lo; s < hi; ++s) cnt += table[s] >= 0;
-    counts[c + 1] = cnt;
-  }
-  for (int c = 0; c < chunks; ++c) counts[c + 1] += counts[c];
-  L.m = counts[chunks];
-  L.rep.resize(L.m);
-#pragma omp parallel for schedule(static, 1) num_threads(nt)
-  for (int c = 0; c < chunks; ++c) {
-    const uint64_t lo = cap * c / chunks, hi = cap * (c + 1) / chunks;
-    int64_t id = counts[c];
-    for (uint64_t s = lo; s < hi; ++s) {
-      if (table[s] >= 0) {
-        slot_id[s] = static_cast<int32_t>(id);
-        L.rep[id] = table[s];
-        ++id;
-      } else {
-        slot_id[s] = -1;
+      if (cur == k.w[0]) return static_cast<int64_t>(s);
+    } else {
+      if (table[s].w[0] == kEmpty) {
+        table[s] = k;
+        if (++*used > limit) *overflow = true;
+        return static_cast<int64_t>(s);
       }
+      if (table[s] == k) return static_cast<int64_t>(s);
     }
+    s = (s + 1) & mask;
   }
-  const int64_t m = L.m;
-  // 3. CSR (lattice point -> vertices) without atomics, in vertex order (deterministic sums):
-  //    each thread counts its static chunk of vertices, a prefix over (point, thread) gives every
-  //    thread its own write offsets, then each thread fills its chunk in order.
-  const int T = std::max(1, nt);
-  std::vector<int32_t> cnt(static_cast<size_t>(T) * (m + 1), 0);
-#pragma omp parallel num_threads(T)
-  {
-    const int t = omp_get_thread_num();
-    const int nth = omp_get_num_threads();
-    for (int tt = t; tt < T; tt += nth) {  // chunks of threads the runtime did not give us
-      int32_t* c = &cnt[static_cast<size_t>(tt) * (m + 1)];
-      const int64_t lo = nv * tt / T, hi = nv * (tt + 1) / T;
-      for (int64_t v = lo; v < hi; ++v) {
-        if (L.vlat[v] < 0) continue;
-        const int32_t id = slot_id[L.vlat[v]];
-        L.vlat[v] = id;
-        ++c[id];
-      }
-    }
-  }
-  L.ptr.assign(m + 1, 0);
-  {
-    int32_t run = 0;
-    for (int64_t i = 0; i < m; ++i) {
-      L.ptr[i] = run;
-      for (int t = 0; t < T; ++t) {
-        int32_t& c = cnt[static_cast<size_t>(t) * (m + 1) + i];
-        const int32_t n_t = c;
-        c = run;  // becomes thread t's write offset for point i
-        run += n_t;
-      }
-    }
-    L.ptr[m] = run;
-  }
-  L.vtx.resize(L.ptr[m]);
-  L.vw.resize(L.ptr[m]);
-#pragma omp parallel num_threads(T)
-  {
-    const int t = omp_get_thread_num();
-    const int nth = omp_get_num_threads();
-    for (int tt = t; tt < T; tt += nth) {
-      int32_t* off = &cnt[static_cast<size_t>(tt) * (m + 1)];
-      const int64_t lo = nv * tt / T, hi = nv * (tt + 1) / T;
-      int64_t p = lo / (d + 1);
-      int r = static_cast<int>(lo - p * (d + 1));
-      for (int64_t v = lo; v < hi; ++v) {
-        const int32_t id = L.vlat[v];
-        if (id >= 0) {
-          const int32_t at = off[id]++;
-          L.vtx[at] = static_cast<int32_t>(p);  // the point (not the vertex): no division when splatting
-          L.vw[at] = L.weight[v];
-        }
-        if (++r == d + 1) { r = 0; ++p; }
-      }
-    }
-  }
-
-  auto tb3 = std::chrono::steady_clock::now();
-  // 4. blur neighbours along each of the d+1 lattice directions, looked up in a second, compact
-  //    table over the m lattice points (2m slots, keys stored densely: cache resident).
-  L.table.clear();
-  L.table.shrink_to_fit();
-  std::vector<int32_t>().swap(slot_id);
-  std::vector<int32_t> lkeys(m * d);
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (int64_t i = 0; i < m; ++i) L.key_of(L.rep[i], &lkeys[i * d]);
-  uint64_t cap2 = 16;
-  while (cap2 < static_cast<uint64_t>(2 * m)) cap2 <<= 1;
-  const uint64_t mask2 = cap2 - 1;
-  std::vector<int32_t> t2(cap2, -1);
-  for (int64_t i = 0; i < m; ++i) {  // keys are unique: no comparison needed
-    uint64_t s = hash_key(&lkeys[i * d], d) & mask2;
-    while (t2[s] >= 0) s = (s + 1) & mask2;
-    t2[s] = static_cast<int32_t>(i);
-  }
-  auto lookup = [&](const int32_t* key) -> int32_t {
-    uint64_t s = hash_key(key, d) & mask2;
-    while (true) {
-      const int32_t id = t2[s];
-      if (id < 0) return -1;
-      if (equal_n(&lkeys[static_cast<int64_t>(id) * d], key, d)) return id;
-      s = (s + 1) & mask2;
-    }
-  };
-  L.nbr.resize(m * (d + 1) * 2);
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (int64_t i = 0; i < m; ++i) {
-    int32_t k1[kMaxD], k2[kMaxD];
-    const int32_t* key = &lkeys[i * d];
-    for (int j = 0; j <= d; ++j) {
-      for (int c = 0; c < d; ++c) { k1[c] = key[c] - 1; k2[c] = key[c] + 1; }
-      if (j < d) { k1[j] = key[j] + d; k2[j] = key[j] - d; }
-      L.nbr[(i * (d + 1) + j) * 2 + 0] = lookup(k1);
-      L.nbr[(i * (d + 1) + j) * 2 + 1] = lookup(k2);
-    }
-  }
-  auto tb4 = std::chrono::steady_clock::now();
-  if (std::getenv("WSOL_LATTICE_TIMING") != nullptr)
-    std::fprintf(stderr, "[lattice build] insert %.2f compact+csr %.2f nbrs %.2f ms\n",
-                 std::chrono::duration<double, std::milli>(tb1 - tb0).count(),
-                 std::chrono::duration<double, std::milli>(tb3 - tb1).count(),
-                 std::chrono::duration<double, std::milli>(tb4 - tb3).count());
 }
 
-// The d + 1 blur passes over lattice values `cur` [m, K] (scratch `nxt`, same size), in
-// direction order 0..d, or d..0 when `reverse`; returns the buffer holding the result.
+template <int KW>
+inline int64_t find_key(const Key<KW>* table, uint64_t mask, const Key<KW>& k) {
+  uint64_t s = hash_of(k) & mask;
+  while (true) {
+    if (table[s] == k) return static_cast<int64_t>(s);
+    if (table[s].w[0] == kEmpty) return -1;
+    s = (s + 1) & mask;
+  }
+}
+
+template <typename scalar_t, int KW, bool kAtomic>
+void insert_points(Image<scalar_t>& im, Key<KW>* table, uint64_t mask, int64_t limit, int64_t a, int64_t b) {
+  const int d = im.d;
+  const Key<KW>* key0 = reinterpret_cast<const Key<KW>*>(im.key0);
+  const uint64_t* perm = im.perm;
+  int64_t ones[kMaxD];
+  for (int i = 0; i < d; ++i) ones[i] = 1;
+  const Key<KW> one = delta_key<KW>(im.lay, d, ones);
+  Key<KW> step[kMaxD + 1];  // subtracting (d+1) from coordinate i (none for the last one)
+  for (int i = 0; i <= d; ++i) {
+    int64_t delta[kMaxD];
+    for (int c = 0; c < d; ++c) delta[c] = (c == i) ? -(d + 1) : 0;
+    step[i] = delta_key<KW>(im.lay, d, delta);
+  }
+  Key<KW> prev[kMaxD + 1];
+  int32_t prev_slot[kMaxD + 1];
+  for (int r = 0; r <= d; ++r) {
+    for (int w = 0; w < KW; ++w) prev[r].w[w] = kEmpty;
+    prev_slot[r] = -1;
+  }
+  uint64_t prev_code = kInvalidPerm;
+  for (int64_t p = a; p < b; ++p) {
+    int32_t* out = im.vid + p * (d + 1);
+    const uint64_t code = perm[p];
+    if (code == kInvalidPerm) {
+      for (int r = 0; r <= d; ++r) out[r] = -1;
+      continue;
+    }
+    // past the load limit the table is redone larger: stop (a full table would never end a probe)
+    if (kAtomic ? __atomic_load_n(&im.overflow, __ATOMIC_RELAXED) : im.overflow) return;
+    Key<KW> k = key0[p];
+    if (code == prev_code && k == prev[0]) {  // the same simplex as the previous point
+      for (int r = 0; r <= d; ++r) out[r] = prev_slot[r];
+      continue;
+    }
+    prev_code = code;
+    for (int r = 0; r <= d; ++r) {
+      if (k != prev[r]) {
+        prev[r] = k;
+        prev_slot[r] = static_cast<int32_t>(insert_key<KW, kAtomic>(table, mask, k, &im.used, limit, &im.overflow));
+      }
+      out[r] = prev_slot[r];
+      if (r < d) {  // vertex r+1: every coordinate +1, the one of rank d-r also -(d+1)
+        k += one;
+        k += step[(code >> (4 * (d - r))) & 15];
+      }
+    }
+  }
+}
+
+template <typename scalar_t, int KW>
+void build_phases(Image<scalar_t>& im) {
+  const int d = im.d;
+  const int64_t n = im.n;
+  const int nth = omp_get_num_threads(), t = omp_get_thread_num();
+  Workspace& ws = *im.ws;
+  // table: 4x the last image's lattice (load ~1/4), never more than 2 slots per vertex
+  uint64_t full = 1024;
+  while (full < static_cast<uint64_t>(2 * n * (d + 1))) full <<= 1;
+#pragma omp single
+  {
+    uint64_t cap = 1024;
+    const int64_t want = std::max<int64_t>(4 * ws.m_hint, n * (d + 1) / 16);
+    while (cap < static_cast<uint64_t>(want)) cap <<= 1;
+    im.cap = std::min(cap, full);
+    im.used = 0;
+    im.overflow = false;
+    im.table = ws.table.template get<uint64_t>(im.cap * KW);
+    std::memset(im.table, 0xFF, sizeof(uint64_t) * KW * im.cap);  // kEmpty everywhere
+  }
+  embed_dispatch(im);
+  tick(im, kEmbed);
+  Key<KW>* table;
+  while (true) {
+    table = reinterpret_cast<Key<KW>*>(im.table);
+    const uint64_t mask = im.cap - 1;
+    const int64_t limit = static_cast<int64_t>(im.cap / 2);
+    if (KW == 1) {  // one-word keys: lock-free, every thread on its own range of points
+      insert_points<scalar_t, KW, true>(im, table, mask, limit, n * t / nth, n * (t + 1) / nth);
+    } else {
+#pragma omp single
+      insert_points<scalar_t, KW, false>(im, table, mask, limit, 0, n);
+    }
+#pragma omp barrier
+    const bool grow = im.overflow;
+#pragma omp barrier
+    if (!grow) break;
+#pragma omp single
+    {
+      im.cap = std::min(full, im.cap * 4);  // at `full` the load cannot pass 1/2
+      im.used = 0;
+      im.overflow = false;
+      im.table = ws.table.template get<uint64_t>(im.cap * KW);
+      std::memset(im.table, 0xFF, sizeof(uint64_t) * KW * im.cap);
+    }
+  }
+  tick(im, kInsert);
+
+  // compact: slot ranges per thread, counted, offset, numbered in slot order
+  const uint64_t cap = im.cap;
+  int64_t* counts = reinterpret_cast<int64_t*>(im.partial);  // the range partials are no longer needed
+  {
+    const uint64_t lo = cap * t / nth, hi = cap * (t + 1) / nth;
+    int64_t c = 0;
+    for (uint64_t s = lo; s < hi; ++s) c += table[s].w[0] != kEmpty;
+    counts[t + 1] = c;
+#pragma omp barrier
+#pragma omp single
+    {
+      counts[0] = 0;
+      for (int tt = 0; tt < nth; ++tt) counts[tt + 1] += counts[tt];
+      im.m = counts[nth];
+      ws.m_hint = im.m;
+      im.slot_id = ws.slot_id.template get<int32_t>(cap);
+      im.lkeys = ws.lkeys.template get<uint64_t>(im.m * KW);
+      im.nbr = ws.nbr.template get<int32_t>(static_cast<size_t>(im.m) * (d + 1) * 2);
+    }
+    int32_t* slot_id = im.slot_id;
+    Key<KW>* lkeys = reinterpret_cast<Key<KW>*>(im.lkeys);
+    int64_t id = counts[t];
+    for (uint64_t s = lo; s < hi; ++s) {
+      if (table[s].w[0] != kEmpty) {
+        slot_id[s] = static_cast<int32_t>(id);
+        lkeys[id] = table[s];
+        ++id;
+      }
+    }
+  }
+  const int64_t m = im.m;
+  const int32_t* slot_id = im.slot_id;
+#pragma omp barrier
+  tick(im, kCompact);
+
+  // neighbours: along direction j (< d) the key moves by -1 in every coordinate but +d in j
+  // (and the opposite); along direction d by -1 (+1) in every coordinate
+  Key<KW> nb[kMaxD + 1][2];
+  for (int j = 0; j <= d; ++j) {
+    int64_t delta[kMaxD];
+    for (int c = 0; c < d; ++c) delta[c] = (c == j) ? d : -1;
+    nb[j][0] = delta_key<KW>(im.lay, d, delta);
+    for (int c = 0; c < d; ++c) delta[c] = -delta[c];
+    nb[j][1] = delta_key<KW>(im.lay, d, delta);
+  }
+  const Key<KW>* lkeys = reinterpret_cast<const Key<KW>*>(im.lkeys);
+  const uint64_t mask = cap - 1;
+#pragma omp for schedule(static)
+  for (int64_t i = 0; i < m; ++i) {
+    for (int j = 0; j <= d; ++j) {
+      for (int e = 0; e < 2; ++e) {
+        const int64_t s = find_key<KW>(table, mask, lkeys[i] + nb[j][e]);
+        im.nbr[(static_cast<int64_t>(j) * m + i) * 2 + e] = s >= 0 ? slot_id[s] : static_cast<int32_t>(m);
+      }
+    }
+  }
+  tick(im, kNeighbours);
+}
+
+// ---- filter ------------------------------------------------------------------------------------
+// How the values of one filtering are read (point p -> Kx channels) and its result written.
+enum class Load { kValues, kValuesAndOnes, kValuesOverNorm, kOnes };
+enum class Store { kScaled, kNormalised, kNorm };
+
 template <typename scalar_t>
-scalar_t* blur(const Lattice<scalar_t>& L, scalar_t* cur, scalar_t* nxt, int64_t K, bool reverse, int nt) {
-  const int d = L.d;
-  const int64_t m = L.m;
+struct Pass {
+  const scalar_t* in = nullptr;  // [K, n] channel-major
+  int64_t K = 0;                 // channels of `in`
+  int64_t Kx = 0;                // channels on the lattice
+  Load load = Load::kValues;
+  Store store = Store::kScaled;
+  const scalar_t* norm = nullptr;  // [n] (kValuesOverNorm)
+  scalar_t* out = nullptr;         // [K, n] or [n] (kNorm)
+  bool reverse = false, symmetric = false;
+};
+
+// A tile of kTile points, channel-major input -> point-major x [kTile, Kx] (contiguous reads
+// per channel, contiguous rows for the splat).
+constexpr int64_t kTile = 32;
+
+template <typename scalar_t>
+inline void load_tile(const Pass<scalar_t>& ps, int64_t n, int64_t p0, int64_t cnt, int64_t Kx,
+                      scalar_t* __restrict__ x) {
+  switch (ps.load) {
+    case Load::kOnes:
+      for (int64_t q = 0; q < cnt; ++q) x[q * Kx] = scalar_t(1);
+      return;
+    case Load::kValuesAndOnes:
+      for (int64_t q = 0; q < cnt; ++q) x[q * Kx + ps.K] = scalar_t(1);
+      /* fall through */
+    case Load::kValues:
+      for (int64_t k = 0; k < ps.K; ++k) {
+        const scalar_t* __restrict__ src = ps.in + k * n + p0;
+        for (int64_t q = 0; q < cnt; ++q) x[q * Kx + k] = src[q];
+      }
+      return;
+    case Load::kValuesOverNorm:
+      for (int64_t k = 0; k < ps.K; ++k) {
+        const scalar_t* __restrict__ src = ps.in + k * n + p0;
+        const scalar_t* __restrict__ nr = ps.norm + p0;
+        for (int64_t q = 0; q < cnt; ++q) x[q * Kx + k] = nr[q] > 0 ? src[q] / nr[q] : scalar_t(0);
+      }
+      return;
+  }
+}
+
+thread_local Buf tls_tile;  // per-thread tiles (their size depends on K only)
+
+// dst += w * x over K channels (a function so that the pointers are known not to alias)
+template <typename scalar_t, int KC>
+inline void axpy(scalar_t* __restrict__ dst, const scalar_t* __restrict__ x, scalar_t w, int64_t K) {
+  if (KC > 0) {
+    for (int k = 0; k < KC; ++k) dst[k] += w * x[k];
+  } else {
+    for (int64_t k = 0; k < K; ++k) dst[k] += w * x[k];
+  }
+}
+
+// dst += w * (x + z)
+template <typename scalar_t, int KC>
+inline void axpy2(scalar_t* __restrict__ dst, const scalar_t* __restrict__ x, const scalar_t* __restrict__ z,
+                  scalar_t w, int64_t K) {
+  if (KC > 0) {
+    for (int k = 0; k < KC; ++k) dst[k] += w * (x[k] + z[k]);
+  } else {
+    for (int64_t k = 0; k < K; ++k) dst[k] += w * (x[k] + z[k]);
+  }
+}
+
+// KC: the channel count at compile time (0: run time), so the K loops unroll for small K.
+template <typename scalar_t, int KC>
+void filter_phases(Image<scalar_t>& im, const Pass<scalar_t>& ps) {
+  const int d = im.d;
+  const int64_t n = im.n, m = im.m;
+  const int64_t Kx = KC > 0 ? KC : ps.Kx;
+  const int64_t rows = (m + 1) * Kx;  // row m stays zero: the absent neighbour
+  const int chunks = static_cast<int>(std::min<int64_t>(kMaxChunks, std::max<int64_t>(1, n / kChunkPoints)));
+  const int nbuf = ps.symmetric ? 4 : 2;
+#pragma omp single
+  im.lat = im.ws->lat.template get<scalar_t>(static_cast<size_t>(rows) * (nbuf + chunks - 1));
+  scalar_t* base = static_cast<scalar_t*>(im.lat);
+  scalar_t* acc = base + rows * nbuf;  // chunks 1..: private accumulators; chunk 0 is buffer 0
+  const bool remap = !im.remapped;
+  const int32_t* slot_id = im.slot_id;
+  scalar_t* __restrict__ x = tls_tile.template get<scalar_t>(static_cast<size_t>(kTile) * Kx);
+
+  // splat
+#pragma omp for schedule(static)
+  for (int c = 0; c < chunks; ++c) {
+    scalar_t* __restrict__ a = c == 0 ? base : acc + (c - 1) * rows;
+    std::memset(a, 0, sizeof(scalar_t) * rows);
+    const int64_t lo = n * c / chunks, hi = n * (c + 1) / chunks;
+    for (int64_t p0 = lo; p0 < hi; p0 += kTile) {
+      const int64_t cnt = std::min(kTile, hi - p0);
+      load_tile(ps, n, p0, cnt, Kx, x);
+      for (int64_t q = 0; q < cnt; ++q) {
+        const int64_t p = p0 + q;
+        int32_t* id = im.vid + p * (d + 1);
+        if (id[0] < 0) continue;
+        if (remap)
+          for (int r = 0; r <= d; ++r) id[r] = slot_id[id[r]];
+        const scalar_t* __restrict__ xq = x + q * Kx;
+        const scalar_t* w = im.weight + p * (d + 1);
+        for (int r = 0; r <= d; ++r) axpy<scalar_t, KC>(a + static_cast<int64_t>(id[r]) * Kx, xq, w[r], Kx);
+      }
+    }
+  }
+  if (chunks > 1) {
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < m; ++i)
+      for (int c = 1; c < chunks; ++c) {
+        const scalar_t* __restrict__ s = acc + (c - 1) * rows + i * Kx;
+        scalar_t* __restrict__ o = base + i * Kx;
+        for (int64_t k = 0; k < Kx; ++k) o[k] += s[k];
+      }
+  }
+  if (ps.symmetric) {
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < rows; ++i) base[2 * rows + i] = base[i];
+  }
+#pragma omp single
+  {
+    im.remapped = true;
+    std::memset(base + rows + m * Kx, 0, sizeof(scalar_t) * Kx);
+    if (ps.symmetric) std::memset(base + 3 * rows + m * Kx, 0, sizeof(scalar_t) * Kx);
+  }
+  tick(im, kSplat);
+
+  // blur: buffers (0, 1) in one order, (2, 3) in the other when symmetric
+  scalar_t* cur = base;
+  scalar_t* nxt = base + rows;
+  scalar_t* cur2 = base + 2 * rows;
+  scalar_t* nxt2 = base + 3 * rows;
+  const scalar_t half = scalar_t(0.5);
   for (int step = 0; step <= d; ++step) {
-    const int j = reverse ? d - step : step;
-#pragma omp parallel for schedule(static) num_threads(nt)
+    const int j = ps.reverse ? d - step : step;
+    const int32_t* nj = im.nbr + static_cast<int64_t>(j) * m * 2;
+    const int32_t* nj2 = im.nbr + static_cast<int64_t>(d - j) * m * 2;
+#pragma omp for schedule(static)
     for (int64_t i = 0; i < m; ++i) {
-      const int32_t n1 = L.nbr[(i * (d + 1) + j) * 2 + 0];
-      const int32_t n2 = L.nbr[(i * (d + 1) + j) * 2 + 1];
-      const scalar_t* c = cur + i * K;
-      scalar_t* o = nxt + i * K;
-      if (n1 >= 0 && n2 >= 0) {
-        const scalar_t* x1 = cur + static_cast<int64_t>(n1) * K;
-        const scalar_t* x2 = cur + static_cast<int64_t>(n2) * K;
-        for (int64_t k = 0; k < K; ++k) o[k] = c[k] + scalar_t(0.5) * (x1[k] + x2[k]);
-      } else if (n1 >= 0) {
-        const scalar_t* x1 = cur + static_cast<int64_t>(n1) * K;
-        for (int64_t k = 0; k < K; ++k) o[k] = c[k] + scalar_t(0.5) * (x1[k] + scalar_t(0));
-      } else if (n2 >= 0) {
-        const scalar_t* x2 = cur + static_cast<int64_t>(n2) * K;
-        for (int64_t k = 0; k < K; ++k) o[k] = c[k] + scalar_t(0.5) * (scalar_t(0) + x2[k]);
-      } else {
-        for (int64_t k = 0; k < K; ++k) o[k] = c[k];
+      {
+        const scalar_t* c = cur + i * Kx;
+        const scalar_t* x1 = cur + static_cast<int64_t>(nj[2 * i]) * Kx;
+        const scalar_t* x2 = cur + static_cast<int64_t>(nj[2 * i + 1]) * Kx;
+        scalar_t* o = nxt + i * Kx;
+        for (int64_t k = 0; k < Kx; ++k) o[k] = c[k] + half * (x1[k] + x2[k]);
+      }
+      if (ps.symmetric) {
+        const scalar_t* c = cur2 + i * Kx;
+        const scalar_t* x1 = cur2 + static_cast<int64_t>(nj2[2 * i]) * Kx;
+        const scalar_t* x2 = cur2 + static_cast<int64_t>(nj2[2 * i + 1]) * Kx;
+        scalar_t* o = nxt2 + i * Kx;
+        for (int64_t k = 0; k < Kx; ++k) o[k] = c[k] + half * (x1[k] + x2[k]);
       }
     }
     std::swap(cur, nxt);
+    std::swap(cur2, nxt2);
   }
-  return cur;
-}
+  tick(im, kBlur);
 
-// vals: [n, K] point-major; out: [n, K]. reverse = transpose (blur directions d..0);
-// symmetric: W + W^T, both blur orders from one splat, summed before one slice.
-template <typename scalar_t>
-void filter(const Lattice<scalar_t>& L, const scalar_t* vals, int64_t K, bool reverse, bool symmetric,
-            scalar_t* out, int nt) {
-  const int d = L.d;
-  const int64_t m = L.m, n = L.n;
-  std::vector<scalar_t> a(m * K), b(m * K);
-  // splat (gather form)
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (int64_t i = 0; i < m; ++i) {
-    scalar_t* acc = &a[i * K];
-    for (int64_t k = 0; k < K; ++k) acc[k] = 0;
-    for (int32_t e = L.ptr[i]; e < L.ptr[i + 1]; ++e) {
-      const scalar_t w = L.vw[e];
-      const scalar_t* src = vals + static_cast<int64_t>(L.vtx[e]) * K;
-      for (int64_t k = 0; k < K; ++k) acc[k] += w * src[k];
-    }
-  }
-  // blur
-  scalar_t* cur;
-  std::vector<scalar_t> a2, b2;
-  if (symmetric) {
-    a2 = a;  // the splatted values, blurred in the other order
-    b2.resize(m * K);
-    cur = blur(L, a.data(), b.data(), K, false, nt);
-    const scalar_t* rev = blur(L, a2.data(), b2.data(), K, true, nt);
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t e = 0; e < m * K; ++e) cur[e] += rev[e];
-  } else {
-    cur = blur(L, a.data(), b.data(), K, reverse, nt);
-  }
-  // slice
+  // slice, a tile of points at a time: point-major sums, written back channel-major
   const scalar_t alpha = static_cast<scalar_t>(1.0 / (1.0 + std::pow(2.0, -d)));
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (int64_t p = 0; p < n; ++p) {
-    scalar_t* o = out + p * K;
-    for (int64_t k = 0; k < K; ++k) o[k] = 0;
-    if (L.vlat[p * (d + 1)] < 0) continue;
-    for (int r = 0; r <= d; ++r) {
-      const int32_t id = L.vlat[p * (d + 1) + r];
-      const scalar_t w = L.weight[p * (d + 1) + r];
-      const scalar_t* src = cur + static_cast<int64_t>(id) * K;
-      for (int64_t k = 0; k < K; ++k) o[k] += w * src[k];
+  const int64_t tiles = (n + kTile - 1) / kTile;
+#pragma omp for schedule(static)
+  for (int64_t tl = 0; tl < tiles; ++tl) {
+    const int64_t p0 = tl * kTile, cnt = std::min(kTile, n - p0);
+    for (int64_t q = 0; q < cnt; ++q) {
+      const int64_t p = p0 + q;
+      const int32_t* id = im.vid + p * (d + 1);
+      scalar_t* __restrict__ y = x + q * Kx;
+      for (int64_t k = 0; k < Kx; ++k) y[k] = 0;
+      if (id[0] < 0) continue;
+      const scalar_t* w = im.weight + p * (d + 1);
+      for (int r = 0; r <= d; ++r) {
+        const int64_t row = static_cast<int64_t>(id[r]) * Kx;
+        if (ps.symmetric) axpy2<scalar_t, KC>(y, cur + row, cur2 + row, w[r], Kx);
+        else axpy<scalar_t, KC>(y, cur + row, w[r], Kx);
+      }
     }
-    for (int64_t k = 0; k < K; ++k) o[k] *= alpha;
+    switch (ps.store) {
+      case Store::kScaled:
+        for (int64_t k = 0; k < ps.K; ++k) {
+          scalar_t* __restrict__ o = ps.out + k * n + p0;
+          for (int64_t q = 0; q < cnt; ++q) o[q] = x[q * Kx + k] * alpha;
+        }
+        break;
+      case Store::kNorm:
+        for (int64_t q = 0; q < cnt; ++q) ps.out[p0 + q] = x[q * Kx] * alpha;
+        break;
+      case Store::kNormalised:
+        for (int64_t k = 0; k < ps.K; ++k) {
+          scalar_t* __restrict__ o = ps.out + k * n + p0;
+          for (int64_t q = 0; q < cnt; ++q) {
+            const scalar_t nr = x[q * Kx + ps.K] * alpha;
+            o[q] = nr > 0 ? x[q * Kx + k] * alpha / nr : scalar_t(0);
+          }
+        }
+        break;
+    }
+  }
+  tick(im, kSlice);
+}
+
+template <typename scalar_t>
+void filter_dispatch(Image<scalar_t>& im, const Pass<scalar_t>& ps) {
+  switch (ps.Kx) {
+    case 1: filter_phases<scalar_t, 1>(im, ps); break;
+    case 2: filter_phases<scalar_t, 2>(im, ps); break;
+    case 3: filter_phases<scalar_t, 3>(im, ps); break;
+    default: filter_phases<scalar_t, 0>(im, ps); break;
   }
 }
 
-// One image: feat [d, n], vals [K, n] and out [K, n] channel-major (the op's layout); the
-// lattice works point-major, so the values are transposed in and out here, inside our own
-// parallel regions (no extra ATen passes). Returns false on bad features (nothing written).
+// One image with a team of `nt` threads: feat [d, n], vals [K, n], out [K, n] channel-major.
+// Returns false on bad features (nothing meaningful written).
 template <typename scalar_t>
-bool filter_image(const scalar_t* feat, const scalar_t* vals, const uint8_t* valid, int d, int64_t n, int64_t K,
-                  bool normalize, bool transpose, bool symmetric, scalar_t* out, int nt) {
-  // below ~64k vertices the fork/join of the ~15 parallel regions costs more than the work
-  // (and far more when the cores are oversubscribed): run serially
-  if (n * (d + 1) < (1 << 16)) nt = 1;
-  Lattice<scalar_t> L;
-  L.d = d;
-  L.n = n;
-  L.rem0.resize(n * (d + 1));
-  L.rank.resize(n * (d + 1));
-  L.weight.resize(n * (d + 1));
-  static const bool timing = std::getenv("WSOL_LATTICE_TIMING") != nullptr;
-  auto t0 = std::chrono::steady_clock::now();
-  if (!embed(L, feat, valid, nt)) return false;
-  auto t1 = std::chrono::steady_clock::now();
-  build(L, valid, nt);
-  auto t2 = std::chrono::steady_clock::now();
-  if (timing) {
-    std::fprintf(stderr, "[lattice] n=%lld m=%lld embed %.2f ms build %.2f ms\n", (long long)n, (long long)L.m,
-                 std::chrono::duration<double, std::milli>(t1 - t0).count(),
-                 std::chrono::duration<double, std::milli>(t2 - t1).count());
-  }
-  const bool with_ones = normalize && !transpose;  // one pass over K + 1 channels (values, ones)
-  const int64_t Kx = with_ones ? K + 1 : K;
-  std::vector<scalar_t> pv(n * Kx), po(n * Kx);
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (int64_t p = 0; p < n; ++p) {
-    for (int64_t k = 0; k < K; ++k) pv[p * Kx + k] = vals[k * n + p];
-    if (with_ones) pv[p * Kx + K] = scalar_t(1);
-  }
-  if (normalize && transpose) {
-    // transpose of the normalized filter: W^T diag(1 / W 1)
-    std::vector<scalar_t> ones(n, scalar_t(1)), nrm(n);
-    filter(L, ones.data(), 1, false, false, nrm.data(), nt);
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t p = 0; p < n; ++p) {
-      for (int64_t k = 0; k < K; ++k) pv[p * K + k] = nrm[p] > 0 ? pv[p * K + k] / nrm[p] : scalar_t(0);
+bool run_image(const scalar_t* feat, const scalar_t* vals, const uint8_t* valid, int d, int64_t n, int64_t K,
+               bool normalize, bool transpose, bool symmetric, scalar_t* out, int nt, double* timing) {
+  Image<scalar_t> im;
+  im.d = d;
+  im.n = n;
+  im.feat = feat;
+  im.valid = valid;
+  im.ws = &tls_workspace;
+  im.timing = timing;
+  Workspace& ws = *im.ws;
+  // every buffer the team shares is sized here, before the team starts
+  im.partial = ws.partial.get<double>(static_cast<size_t>(std::max(nt, 1) + 2) * (2 * kMaxD + 1));
+  im.weight = ws.weight.get<scalar_t>(n * (d + 1));
+  im.vid = ws.vid.get<int32_t>(n * (d + 1));
+  im.perm = ws.perm.get<uint64_t>(n);
+  im.key0 = ws.key0.get<uint64_t>(n * 4);
+  scalar_t* nrm = (normalize && transpose) ? ws.nrm.get<scalar_t>(n) : nullptr;
+  if (timing != nullptr) im.t_last = std::chrono::steady_clock::now();
+#pragma omp parallel num_threads(nt)
+  {
+    range_phase(im);
+    if (!im.bad && !im.empty) {
+      tick(im, kRange);
+      switch (im.lay.kw) {
+        case 1: build_phases<scalar_t, 1>(im); break;
+        case 2: build_phases<scalar_t, 2>(im); break;
+        default: build_phases<scalar_t, 4>(im); break;
+      }
+      Pass<scalar_t> ps;
+      ps.in = vals;
+      ps.K = K;
+      ps.out = out;
+      ps.symmetric = symmetric;
+      if (!normalize) {
+        ps.Kx = K;
+        ps.reverse = transpose;
+        filter_dispatch(im, ps);
+      } else if (!transpose) {  // values and ones in one pass
+        ps.Kx = K + 1;
+        ps.load = Load::kValuesAndOnes;
+        ps.store = Store::kNormalised;
+        filter_dispatch(im, ps);
+      } else {  // W^T diag(1 / W 1): W 1 first, on the same lattice
+        Pass<scalar_t> pn;
+        pn.K = 1;
+        pn.Kx = 1;
+        pn.load = Load::kOnes;
+        pn.store = Store::kNorm;
+        pn.out = nrm;
+        filter_dispatch(im, pn);
+        ps.Kx = K;
+        ps.load = Load::kValuesOverNorm;
+        ps.norm = nrm;
+        ps.reverse = true;
+        filter_dispatch(im, ps);
+      }
+    } else if (!im.bad) {  // no valid point: zeros
+#pragma omp for schedule(static)
+      for (int64_t e = 0; e < K * n; ++e) out[e] = 0;
     }
   }
-  filter(L, pv.data(), Kx, transpose, symmetric, po.data(), nt);
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (int64_t p = 0; p < n; ++p) {
-    if (with_ones) {
-      const scalar_t nrm = po[p * Kx + K];
-      for (int64_t k = 0; k < K; ++k) out[k * n + p] = nrm > 0 ? po[p * Kx + k] / nrm : scalar_t(0);
-    } else {
-      for (int64_t k = 0; k < K; ++k) out[k * n + p] = po[p * Kx + k];
-    }
-  }
-  return true;
+  return !im.bad;
 }
 
 template <typename scalar_t>
 bool run_batch(const at::Tensor& feat, const at::Tensor& vals, const at::Tensor& vmask, at::Tensor& out, int64_t B,
-               int64_t d, int64_t N, int64_t K, bool normalize, bool transpose, bool symmetric, bool per_image,
-               int threads) {
+               int64_t d, int64_t N, int64_t K, bool normalize, bool transpose, bool symmetric, int threads,
+               double* timing) {
   const scalar_t* fp = feat.data_ptr<scalar_t>();
   const scalar_t* vp = vals.data_ptr<scalar_t>();
   scalar_t* op = out.data_ptr<scalar_t>();
   const uint8_t* mp = vmask.defined() ? vmask.data_ptr<uint8_t>() : nullptr;
+  // one image per thread when the batch splits evenly enough (no barriers), or the images are
+  // too small for a team; otherwise the whole team works inside each image
+  const bool small = N * (d + 1) < (1 << 15);
+  const bool per_image = threads > 1 && B > 1 && (small || (B >= threads && (B % threads == 0 || B >= 4 * threads)));
   int ok = 1;
   if (per_image) {
+    std::vector<double> t_thread(static_cast<size_t>(threads) * kPhases, 0.0);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
     for (int64_t b = 0; b < B; ++b) {
-      if (!filter_image<scalar_t>(fp + b * N * d, vp + b * N * K, mp ? mp + b * N : nullptr, static_cast<int>(d), N,
-                                  K, normalize, transpose, symmetric, op + b * N * K, 1)) {
+      double* tm = timing ? &t_thread[static_cast<size_t>(omp_get_thread_num()) * kPhases] : nullptr;
+      if (!run_image<scalar_t>(fp + b * N * d, vp + b * N * K, mp ? mp + b * N : nullptr, static_cast<int>(d), N, K,
+                               normalize, transpose, symmetric, op + b * N * K, 1, tm)) {
         __atomic_store_n(&ok, 0, __ATOMIC_RELAXED);
       }
     }
+    if (timing)
+      for (int t = 0; t < threads; ++t)
+        for (int ph = 0; ph < kPhases; ++ph) timing[ph] += t_thread[static_cast<size_t>(t) * kPhases + ph];
   } else {
+    const int nt = small ? 1 : threads;
     for (int64_t b = 0; b < B && ok; ++b) {
-      ok = filter_image<scalar_t>(fp + b * N * d, vp + b * N * K, mp ? mp + b * N : nullptr, static_cast<int>(d), N,
-                                  K, normalize, transpose, symmetric, op + b * N * K, threads);
+      ok = run_image<scalar_t>(fp + b * N * d, vp + b * N * K, mp ? mp + b * N : nullptr, static_cast<int>(d), N, K,
+                               normalize, transpose, symmetric, op + b * N * K, nt, timing);
     }
   }
   return ok != 0;
 }
 
-at::Tensor lattice_filter_cpu(const at::Tensor& features, const at::Tensor& values,
-                              const c10::optional<at::Tensor>& valid, bool normalize, bool transpose, bool symmetric) {
+at::Tensor lattice_filter_impl(const at::Tensor& features, const at::Tensor& values,
+                               const c10::optional<at::Tensor>& valid, bool normalize, bool transpose, bool symmetric,
+                               double* timing) {
   check_lattice_args(features, values, valid, normalize, symmetric);
   TORCH_CHECK(features.device().is_cpu(), "lattice_filter: features must be a CPU tensor here");
   const int64_t B = features.size(0), d = features.size(1), N = features.size(2), K = values.size(1);
@@ -557,22 +884,39 @@ at::Tensor lattice_filter_cpu(const at::Tensor& features, const at::Tensor& valu
   auto out = at::empty({B, K, N}, values.options().memory_format(at::MemoryFormat::Contiguous));
   if (B == 0 || N == 0 || K == 0) return out.zero_();
   const int threads = std::max(1, at::get_num_threads());
-  // many small images: one image per thread; otherwise all threads inside each image.
-  const bool per_image = threads > 1 && B >= threads && N * (d + 1) < (1 << 17);
   const bool ok = values.scalar_type() == at::kDouble
-                      ? run_batch<double>(feat, vals, vmask, out, B, d, N, K, normalize, transpose, symmetric,
-                                          per_image, threads)
-                      : run_batch<float>(feat, vals, vmask, out, B, d, N, K, normalize, transpose, symmetric,
-                                         per_image, threads);
+                      ? run_batch<double>(feat, vals, vmask, out, B, d, N, K, normalize, transpose, symmetric, threads,
+                                          timing)
+                      : run_batch<float>(feat, vals, vmask, out, B, d, N, K, normalize, transpose, symmetric, threads,
+                                         timing);
   TORCH_CHECK(ok, "lattice_filter: features must be finite with |f| <= 1e6 (positions divided by their standard "
               "deviations; lattice coordinates are int32)");
   return out;
+}
+
+at::Tensor lattice_filter_cpu(const at::Tensor& features, const at::Tensor& values,
+                              const c10::optional<at::Tensor>& valid, bool normalize, bool transpose, bool symmetric) {
+  return lattice_filter_impl(features, values, valid, normalize, transpose, symmetric, nullptr);
+}
+
+// The same filtering, plus the time of each phase in ms (summed over images; with one image
+// per thread, summed over threads too): range, embed, insert, compact, neighbours, splat, blur,
+// slice. For profiling only; the plain op takes no clock readings.
+std::tuple<at::Tensor, at::Tensor> lattice_filter_phases_cpu(const at::Tensor& features, const at::Tensor& values,
+                                                             const c10::optional<at::Tensor>& valid, bool normalize,
+                                                             bool transpose, bool symmetric) {
+  double timing[kPhases] = {0};
+  auto out = lattice_filter_impl(features, values, valid, normalize, transpose, symmetric, timing);
+  auto t = at::empty({kPhases}, at::TensorOptions().dtype(at::kDouble));
+  for (int i = 0; i < kPhases; ++i) t[i] = timing[i];
+  return {out, t};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(wsolbench, CPU, m) {
   m.impl("lattice_filter", &lattice_filter_cpu);
+  m.impl("lattice_filter_phases", &lattice_filter_phases_cpu);
 }
 
 }  // namespace wsolbench

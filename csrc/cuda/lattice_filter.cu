@@ -10,15 +10,18 @@
 //   embed      one thread per point: rem0, rank, barycentric weights (float64 arithmetic, so the
 //              lattice is the one the CPU kernel and the reference build)
 //   insert     one thread per vertex: lock-free open addressing with atomicCAS (2V slots)
-//   compact    flags -> inclusive scan (at::cumsum on the stream) -> dense lattice ids
+//   compact    one pass over the table: occupied slots take dense ids from a device-side count
+//              (one atomic per warp), no flags array and no scan
 //   neighbours one thread per lattice point: 2 (d+1) lookups
 //   splat      blocks of 256 consecutive points pre-aggregate their vertices in a shared-memory
 //              table (lattice id -> channel accumulators, shared atomics) and flush one global
 //              atomicAdd per distinct lattice point and channel; vertices that find no shared
 //              slot within a few probes go straight to global memory
 //   blur       one thread per (lattice point, channel), d+1 ping-pong launches, (0.5, 1, 0.5);
-//              symmetric (W + W^T): the splat is cloned, blurred in both orders and summed (add)
-//   slice      one thread per (point, channel), writes [B, K, N] directly (coalesced in N)
+//              symmetric (W + W^T): the splat is cloned and one launch per direction advances both
+//              orders (d+1 launches, not 2 (d+1) and an add)
+//   slice      one thread per (point, channel), writes [B, K, N] directly (coalesced in N); sums
+//              the two orders of W + W^T as it gathers
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -171,24 +174,27 @@ __global__ void insert_kernel(const int32_t* __restrict__ rem0, const int8_t* __
   vslot[v] = static_cast<int32_t>(s);
 }
 
-__global__ void occupied_kernel(const int32_t* __restrict__ table, int64_t cap, int32_t* __restrict__ flags) {
-  const int64_t s = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (s < cap) flags[s] = table[s] >= 0 ? 1 : 0;
-}
-
-// inclusive scan -> dense ids; rep[id] = owner vertex
-__global__ void compact_kernel(const int32_t* __restrict__ table, const int32_t* __restrict__ incl, int64_t cap,
+// occupied slots -> dense ids in one pass over the table (no flags array, no scan): one atomic
+// per warp on the device-side count M. The ids' order depends on scheduling; the filtered values
+// do not (every lattice point's blur is a fixed formula of its neighbours). rep[id] = owner vertex.
+__global__ void compact_kernel(const int32_t* __restrict__ table, int64_t cap, int32_t* __restrict__ m_count,
                                int32_t* __restrict__ slot_id, int32_t* __restrict__ rep) {
   const int64_t s = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int32_t owner = s < cap ? table[s] : -1;
+  const unsigned occupied = __ballot_sync(0xffffffffu, owner >= 0);  // the whole warp reaches it
   if (s >= cap) return;
-  const int32_t owner = table[s];
-  if (owner >= 0) {
-    const int32_t id = incl[s] - 1;
-    slot_id[s] = id;
-    rep[id] = owner;
-  } else {
+  if (owner < 0) {
     slot_id[s] = -1;
+    return;
   }
+  const int lane = threadIdx.x & 31;
+  const int leader = __ffs(occupied) - 1;
+  int32_t base = 0;
+  if (lane == leader) base = atomicAdd(m_count, __popc(occupied));
+  base = __shfl_sync(occupied, base, leader);
+  const int32_t id = base + __popc(occupied & ((1u << lane) - 1u));
+  slot_id[s] = id;
+  rep[id] = owner;
 }
 
 __global__ void vertex_ids_kernel(const int32_t* __restrict__ vslot, const int32_t* __restrict__ slot_id, int64_t V,
@@ -315,17 +321,36 @@ __global__ void blur_kernel(const scalar_t* __restrict__ cur, const int32_t* __r
   nxt[e] = cur[e] + scalar_t(0.5) * (v1 + v2);
 }
 
-// cur[i, k] += other[i, k] for the M live lattice points (the two blur orders of W + W^T)
+// W + W^T: one launch advances both blur orders (direction j of one, d - j of the other)
 template <typename scalar_t>
-__global__ void add_kernel(scalar_t* __restrict__ cur, const scalar_t* __restrict__ other,
-                           const int32_t* __restrict__ m_dev, int64_t K) {
+__global__ void blur_both_kernel(const scalar_t* __restrict__ cur, const scalar_t* __restrict__ cur2,
+                                 const int32_t* __restrict__ nbr, const int32_t* __restrict__ m_dev, int64_t K, int d,
+                                 int j, scalar_t* __restrict__ nxt, scalar_t* __restrict__ nxt2) {
   const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (e / K >= *m_dev) return;
-  cur[e] += other[e];
+  const int64_t i = e / K;
+  if (i >= *m_dev) return;
+  const int64_t k = e - i * K;
+  {
+    const int32_t n1 = nbr[(i * (d + 1) + j) * 2 + 0];
+    const int32_t n2 = nbr[(i * (d + 1) + j) * 2 + 1];
+    const scalar_t v1 = n1 >= 0 ? cur[static_cast<int64_t>(n1) * K + k] : scalar_t(0);
+    const scalar_t v2 = n2 >= 0 ? cur[static_cast<int64_t>(n2) * K + k] : scalar_t(0);
+    nxt[e] = cur[e] + scalar_t(0.5) * (v1 + v2);
+  }
+  {
+    const int jr = d - j;
+    const int32_t n1 = nbr[(i * (d + 1) + jr) * 2 + 0];
+    const int32_t n2 = nbr[(i * (d + 1) + jr) * 2 + 1];
+    const scalar_t v1 = n1 >= 0 ? cur2[static_cast<int64_t>(n1) * K + k] : scalar_t(0);
+    const scalar_t v2 = n2 >= 0 ? cur2[static_cast<int64_t>(n2) * K + k] : scalar_t(0);
+    nxt2[e] = cur2[e] + scalar_t(0.5) * (v1 + v2);
+  }
 }
 
+// lat2 (or null): the other blur order of W + W^T, summed here instead of in a pass of its own
 template <typename scalar_t>
-__global__ void slice_kernel(const scalar_t* __restrict__ lat, const scalar_t* __restrict__ weight,
+__global__ void slice_kernel(const scalar_t* __restrict__ lat, const scalar_t* __restrict__ lat2,
+                             const scalar_t* __restrict__ weight,
                              const int32_t* __restrict__ vlat, int64_t B, int64_t K, int64_t N, int d, scalar_t alpha,
                              scalar_t* __restrict__ out) {
   const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;  // over [B, K, N]
@@ -337,7 +362,8 @@ __global__ void slice_kernel(const scalar_t* __restrict__ lat, const scalar_t* _
   scalar_t acc = scalar_t(0);
   if (vlat[p * (d + 1)] >= 0) {
     for (int r = 0; r <= d; ++r) {
-      acc += weight[p * (d + 1) + r] * lat[static_cast<int64_t>(vlat[p * (d + 1) + r]) * K + k];
+      const int64_t at = static_cast<int64_t>(vlat[p * (d + 1) + r]) * K + k;
+      acc += weight[p * (d + 1) + r] * (lat2 != nullptr ? lat[at] + lat2[at] : lat[at]);
     }
   }
   out[e] = acc * alpha;
@@ -378,15 +404,10 @@ GpuLattice build_lattice(const at::Tensor& feat /* [B, N, d] f64 */, const at::T
                                                           vslot.data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
-  auto flags = at::empty({cap}, iopts);
-  occupied_kernel<<<blocks_for(cap), kThreads, 0, stream>>>(table.data_ptr<int32_t>(), cap,
-                                                            flags.data_ptr<int32_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  auto incl = at::cumsum(flags, 0, at::kInt);  // on the current stream, no host sync
-  L.m_dev = incl.narrow(0, cap - 1, 1).contiguous();  // M, stays on the device
+  L.m_dev = at::zeros({1}, iopts);  // M, counted and kept on the device
   auto slot_id = at::empty({cap}, iopts);
   auto rep = at::empty({std::max<int64_t>(L.V, 1)}, iopts);
-  compact_kernel<<<blocks_for(cap), kThreads, 0, stream>>>(table.data_ptr<int32_t>(), incl.data_ptr<int32_t>(), cap,
+  compact_kernel<<<blocks_for(cap), kThreads, 0, stream>>>(table.data_ptr<int32_t>(), cap, L.m_dev.data_ptr<int32_t>(),
                                                            slot_id.data_ptr<int32_t>(), rep.data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   L.vlat = at::empty({L.V}, iopts);
@@ -433,20 +454,28 @@ at::Tensor apply_lattice(const GpuLattice& L, const at::Tensor& values, bool rev
       a.data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   scalar_t* cur;
+  scalar_t* rev = nullptr;
   at::Tensor a2, b2;
   if (symmetric) {
     a2 = a.clone();  // the splatted values, blurred in the other order (clone: on the current stream)
     b2 = at::empty_like(b);
-    cur = blur_lattice<scalar_t>(L, a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), K, false, stream);
-    const scalar_t* rev = blur_lattice<scalar_t>(L, a2.data_ptr<scalar_t>(), b2.data_ptr<scalar_t>(), K, true, stream);
-    add_kernel<scalar_t><<<blocks_for(L.V * K), kThreads, 0, stream>>>(cur, rev, L.m_dev.data_ptr<int32_t>(), K);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cur = a.data_ptr<scalar_t>();
+    rev = a2.data_ptr<scalar_t>();
+    scalar_t* nxt = b.data_ptr<scalar_t>();
+    scalar_t* nxt2 = b2.data_ptr<scalar_t>();
+    for (int j = 0; j <= d; ++j) {
+      blur_both_kernel<scalar_t><<<blocks_for(L.V * K), kThreads, 0, stream>>>(
+          cur, rev, L.nbr.data_ptr<int32_t>(), L.m_dev.data_ptr<int32_t>(), K, d, j, nxt, nxt2);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      std::swap(cur, nxt);
+      std::swap(rev, nxt2);
+    }
   } else {
     cur = blur_lattice<scalar_t>(L, a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), K, reverse, stream);
   }
   const scalar_t alpha = static_cast<scalar_t>(1.0 / (1.0 + std::pow(2.0, -d)));
   slice_kernel<scalar_t><<<blocks_for(L.B * K * L.N), kThreads, 0, stream>>>(
-      cur, L.weight.data_ptr<scalar_t>(), L.vlat.data_ptr<int32_t>(), L.B, K, L.N, d, alpha,
+      cur, rev, L.weight.data_ptr<scalar_t>(), L.vlat.data_ptr<int32_t>(), L.B, K, L.N, d, alpha,
       out.data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;

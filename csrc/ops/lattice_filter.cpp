@@ -10,6 +10,10 @@
 //   symmetric           apply W + W^T: one lattice, one splat, both blur orders, one slice (the
 //                       gradient of the CRF energy v.Wv; not with normalize; transpose is moot)
 //
+// lattice_filter_phases (CPU only, for profiling): the same filtering, and the milliseconds
+// spent in each phase (range, embed, insert, compact, neighbours, splat, blur, slice) summed
+// over the images of the batch. The plain op reads no clock.
+//
 // Features are constants: no gradient flows to them. The gradient wrt values is the same op
 // with `transpose` flipped, or itself when symmetric (registered in bench/ops/lattice_filter.py).
 #include <torch/library.h>
@@ -18,4 +22,7 @@ TORCH_LIBRARY_FRAGMENT(wsolbench, m) {
   m.def(
       "lattice_filter(Tensor features, Tensor values, Tensor? valid=None, bool normalize=False, "
       "bool transpose=False, bool symmetric=False) -> Tensor");
+  m.def(
+      "lattice_filter_phases(Tensor features, Tensor values, Tensor? valid=None, bool normalize=False, "
+      "bool transpose=False, bool symmetric=False) -> (Tensor, Tensor)");
 }

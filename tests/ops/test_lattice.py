@@ -252,3 +252,73 @@ def test_cuda_device_mismatch_raises():
         torch.ops.wsolbench.lattice_filter(f.cuda(), v, None, False, False)
     with pytest.raises(RuntimeError, match="valid device"):
         torch.ops.wsolbench.lattice_filter(f.cuda(), v.cuda(), torch.ones(1, 10, dtype=torch.bool), False, False)
+
+
+def _natural_features(B, side, seed=0):
+    from bench.losses.crf import crf_features
+    from bench.profiling.crf import natural_like_images
+
+    return crf_features(natural_like_images(B, side, side, "cpu", seed=seed), 15.0, 100.0, torch.float32)
+
+
+@needs_op
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_single_image_two_threads_equals_one_thread(symmetric):
+    # a batch of 1 is split across the threads inside the image: the sums must not depend on it
+    f = _natural_features(1, 96, seed=3)
+    v = torch.rand(1, 3, 96 * 96, generator=torch.Generator().manual_seed(0))
+    valid = torch.rand(1, 96 * 96, generator=torch.Generator().manual_seed(1)) < 0.95
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = lattice_filter_op(f, v, valid, symmetric=symmetric)
+        n1 = lattice_filter_op(f, v, valid, True, True)
+        torch.set_num_threads(2)
+        b = lattice_filter_op(f, v, valid, symmetric=symmetric)
+        n2 = lattice_filter_op(f, v, valid, True, True)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(a, b) and torch.equal(n1, n2)
+    assert a.abs().sum() > 0
+
+
+@needs_op
+def test_workspace_reuse_across_sizes():
+    # the per-thread buffers are reused and the table is sized from the previous image: calls of
+    # different sizes, K and d in any order give the results of a fresh call and the reference
+    f_big, v_big = _natural_features(1, 80), torch.rand(1, 4, 80 * 80)
+    f_small, v_small, _ = _inputs(2, 3, 2, 200, torch.float64, seed=9)
+    first = lattice_filter_op(f_big, v_big)
+    small = lattice_filter_op(f_small, v_small, symmetric=True)
+    again = lattice_filter_op(f_big, v_big)
+    wide = lattice_filter_op(f_big, torch.rand(1, 21, 80 * 80))
+    assert torch.equal(first, again) and wide.shape == (1, 21, 80 * 80)
+    _close(small, lattice_filter_reference(f_small, v_small, symmetric=True), 1e-10)
+    _close(first, lattice_filter_reference(f_big, v_big), 1e-5)
+
+
+@needs_op
+@pytest.mark.parametrize("d,spread", [(5, 40.0), (8, 3.0), (3, 1e5), (8, 5e4)])
+def test_large_lattices_grow_the_table(d, spread):
+    # spread-out points: nearly every vertex is its own lattice point, so the table (sized from
+    # the previous, tiny, image) starts far too small and grows; d=8 and very wide ranges need
+    # keys of two or four words
+    lattice_filter_op(*_inputs(1, d, 2, 10, torch.float64)[:2])
+    f, v, valid = _inputs(1, d, 2, 3000, torch.float64, seed=d, spread=spread, valid_frac=0.9)
+    out = lattice_filter_op(f, v, valid)
+    _close(out, lattice_filter_reference(f, v, valid), 1e-10)
+    for threads in (1, 2):
+        old = torch.get_num_threads()
+        try:
+            torch.set_num_threads(threads)
+            assert torch.equal(lattice_filter_op(f, v, valid), out)
+        finally:
+            torch.set_num_threads(old)
+
+
+@needs_op
+def test_phases_entry_point_matches_the_op():
+    f, v, valid = _inputs(2, 5, 3, 500, torch.float32, seed=4, valid_frac=0.8)
+    out, phases = torch.ops.wsolbench.lattice_filter_phases(f, v, valid, False, False, True)
+    assert torch.equal(out, torch.ops.wsolbench.lattice_filter(f, v, valid, False, False, True))
+    assert phases.shape == (8,) and phases.dtype == torch.float64 and (phases >= 0).all() and phases.sum() > 0
