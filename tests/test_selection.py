@@ -254,3 +254,18 @@ def test_trained_cams_keep_the_last_epoch_by_default(shared_dirs, tmp_path):
     ctx = replace(ctx, budget=forced, selection={})
     selector = ctx.selector(PlainCAM())
     assert selector.metrics == {"best-loc": "MaxBoxAccV2"} and selector.every == 1
+
+
+@pytest.mark.parametrize("method, criterion, stage1", [("fcam", "best-loc", "best-loc"), ("maxmin", "best-cls", "last")])
+def test_method_families_validate_with_their_authors_default(shared_dirs, tmp_path, monkeypatch, method, criterion,
+                                                             stage1):
+    budget = replace(SMOKE, method_epochs=2, val_every=1)
+    import tests.harness as harness
+    monkeypatch.setattr(harness, "SMOKE", budget)
+    entry = run_small_cell(method, "synth-objects", 0, {**shared_dirs, "cache": tmp_path / "cache"}, tmp_path)
+    assert entry["status"] == "ok", entry.get("error")
+    sel = entry["selection"]
+    assert sel["method"]["criterion"] == criterion and sel["method"]["epochs"] == 2
+    assert [h[0] for h in sel["method"]["history"]] == [0, 1, 2]
+    assert list(sel["stage1"]) == [stage1]
+    assert _selection_problems(sel) == []
