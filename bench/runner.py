@@ -1,7 +1,6 @@
 """One cell of the grid: a method trained and evaluated on a dataset with a seed."""
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import logging
 import math
