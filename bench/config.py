@@ -52,6 +52,12 @@ class PaperSchedule:
     weight_decay: typing.Mapping[str, float] = field(default_factory=dict)  # backbone -> weight decay
 
 
+# Which checkpoint of a training run is kept (docs/protocol.md, "Model selection"): the last
+# epoch's, the one with the best validation localization (the dataset's primary metric) or the
+# best validation Top-1 classification.
+SELECTION_CRITERIA = ("last", "best-loc", "best-cls")
+
+
 @dataclass(frozen=True)
 class Budget:
     """How much compute a cell gets. Methods read training lengths from here, never from
@@ -73,6 +79,24 @@ class Budget:
     crop_from: int | None = None
     num_workers: int = 0
     mixed_precision: bool = False  # autocast on CUDA only
+    # Model selection: runs are validated before training and after every val_every-th epoch (and
+    # the last); None: never validated, every run keeps its last epoch. `selection` forces one
+    # criterion on every run (None: each method's authors' default, `Method.selection`).
+    val_every: int | None = None
+    selection: str | None = None
+
+    def __post_init__(self):
+        if self.val_every is not None and self.val_every < 1:
+            raise ValueError(f"Budget {self.name}: val_every must be >= 1 (or None: no validation), got {self.val_every}")
+        if self.selection is not None and self.selection not in SELECTION_CRITERIA:
+            raise ValueError(f"Budget {self.name}: selection must be one of {', '.join(SELECTION_CRITERIA)} "
+                             f"(or None: each method's default), got {self.selection!r}")
+
+    def criterion(self, default: str) -> str:
+        """The checkpoint criterion of a run whose method's default is `default`."""
+        if self.val_every is None:
+            return "last"
+        return self.selection or default
 
     def stage1_schedule(self) -> TrainSchedule:
         """The run of the stage-1 CAM classifier (and of the baselines that train one)."""
@@ -94,13 +118,15 @@ PAPER_BUDGET = "paper"  # the budget that takes the datasets' published schedule
 BUDGETS: dict[str, Budget] = {
     "smoke": make_budget("smoke", stage1_epochs=1, method_epochs=1, batch_size=16, lr=0.05,
                          max_train_images=48, max_eval_images=16),
-    "quick": make_budget("quick", stage1_epochs=8, method_epochs=4, batch_size=32, lr=0.05),
+    # smoke never validates (every run keeps its last epoch); quick and paper validate every
+    # epoch, as the reference code does (docs/protocol.md, "Model selection")
+    "quick": make_budget("quick", stage1_epochs=8, method_epochs=4, batch_size=32, lr=0.05, val_every=1),
     # The reference papers' settings (Choe et al. 2020 / F-CAM): batch 32, SGD with Nesterov
     # momentum 0.9, weight decay 1e-4, 224 crops; meant for a GPU. These epochs, rates and the
     # cosine schedule hold for datasets without published schedules; `resolve_budget` puts in
     # the others' (their plugins' `paper_stage1` / `paper_method`).
     PAPER_BUDGET: make_budget(PAPER_BUDGET, stage1_epochs=50, method_epochs=20, batch_size=32, lr=0.01,
-                              input_size=224, crop_from=256, num_workers=8, mixed_precision=True),
+                              input_size=224, crop_from=256, num_workers=8, mixed_precision=True, val_every=1),
 }
 
 
@@ -240,6 +266,7 @@ class EmptyConfig:
     """For plugins without settings."""
 
 
-__all__ = ["Budget", "make_budget", "BUDGETS", "PAPER_BUDGET", "TrainSchedule", "PaperSchedule", "resolve_budget", "added_later",
-           "get_budget", "config_hash", "apply_overrides", "setting_names", "split_setting", "parse_set_flags",
+__all__ = ["Budget", "make_budget", "BUDGETS", "SELECTION_CRITERIA", "PAPER_BUDGET", "TrainSchedule", "PaperSchedule",
+           "resolve_budget", "added_later", "get_budget", "config_hash", "apply_overrides", "setting_names",
+           "split_setting", "parse_set_flags",
            "EmptyConfig", "to_jsonable", "field"]

@@ -6,7 +6,10 @@ entry's canonical JSON without the checksum itself, so any hand edit of a metric
 a timing shows. Its `config_hash` must be the hash of its `config`, and its
 `code_version.method_file_sha256` the hash of the method's file as it is now (a method changed
 after its entries were written needs them rerun). `val_metrics`, the same metrics on the
-validation split, are what `bench sweep` selects settings by.
+validation split, are what `bench sweep` selects settings by. `selection` says which checkpoint
+each training run of the cell kept (docs/protocol.md, "Model selection"): "method" (the method's
+own run) and "stage1" (criterion -> the stage-1 classifier checkpoint it read), each with its
+"criterion" and, when validated, the "epoch" kept of "epochs".
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.config import config_hash
+from bench.config import SELECTION_CRITERIA, config_hash
 from bench.io import atomic_write_json, results_lock
 
 RESULT_SCHEMA = 2  # 2: checksum, artifacts, submission fields
@@ -268,6 +271,7 @@ def check_record(record: dict, path: Path, results_dir: Path, method_hashes: dic
         if val is not None and not (isinstance(val, dict) and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in val.values())):
             reasons.append("val_metrics is not a mapping of metric names to numbers")
+        reasons += _selection_problems(record.get("selection"))
     elif record["status"] != "failed":
         reasons.append(f"status {record['status']!r} is neither 'ok' nor 'failed'")
     artifacts = record.get("artifacts")
@@ -277,6 +281,27 @@ def check_record(record: dict, path: Path, results_dir: Path, method_hashes: dic
             reasons.append(f"its artifact file {art.name} is missing")
         elif file_sha256(art) != artifacts.get("sha256"):
             reasons.append(f"its artifact file {art.name} does not match its sha256")
+    return reasons
+
+
+def _selection_problems(selection) -> list[str]:
+    """Why an entry's `selection` is malformed (optional: entries written before model selection lack it)."""
+    if selection is None:
+        return []
+    if not isinstance(selection, dict):
+        return ["selection is not a mapping"]
+    runs = [("method", selection["method"])] if "method" in selection else []
+    stage1 = selection.get("stage1", {})
+    if not isinstance(stage1, dict):
+        return ["selection.stage1 is not a mapping of checkpoints"]
+    runs += [(f"stage1.{k}", v) for k, v in stage1.items()]
+    reasons = []
+    for where, run in runs:
+        if not isinstance(run, dict) or run.get("criterion") not in SELECTION_CRITERIA:
+            reasons.append(f"selection.{where} has no criterion among {', '.join(SELECTION_CRITERIA)}")
+        elif not all(run.get(k) is None or (isinstance(run[k], int) and not isinstance(run[k], bool))
+                     for k in ("epoch", "epochs")):
+            reasons.append(f"selection.{where}: epoch and epochs must be integers")
     return reasons
 
 

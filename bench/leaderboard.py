@@ -121,10 +121,33 @@ def summarize(records: list[dict]) -> dict[str, list[dict]]:
             if values:
                 row[metric] = mean_std(values)
         row["fit_s"] = sum(r["timings"].get("fit_s", 0) for r in rs) / len(rs)
+        row["checkpoint"] = checkpoint_note(sorted(rs, key=lambda r: r["seed"]))
         tables[dataset].append(row)
     for dataset, rows in tables.items():
         rows.sort(key=lambda row: -row.get(row["primary_metric"], (-1e9, 0))[0])
     return dict(sorted(tables.items()))
+
+
+def checkpoint_note(records: list[dict]) -> str:
+    """Which checkpoint the rows' entries kept (docs/protocol.md, "Model selection"): per
+    training run its criterion and, when validated, the epoch kept per seed over the run's
+    epochs, e.g. "best-loc 3,4,4/4; stage-1 best-loc 7,8,6/8". Empty for entries without it."""
+    runs: dict[str, dict] = {}
+    for r in records:
+        sel = r.get("selection") or {}
+        found = [("", sel["method"])] if isinstance(sel.get("method"), dict) else []
+        found += [("stage-1 ", v) for v in (sel.get("stage1") or {}).values() if isinstance(v, dict)]
+        for prefix, run in found:
+            label = f"{prefix}{run.get('criterion', '?')}"
+            entry = runs.setdefault(label, {"epochs": [], "of": set()})
+            if run.get("criterion") != "last" and run.get("epoch") is not None:
+                entry["epochs"].append(str(run["epoch"]))
+                entry["of"].add(str(run.get("epochs")))
+    parts = []
+    for label, entry in runs.items():
+        kept = f" {','.join(entry['epochs'])}/{'|'.join(sorted(entry['of']))}" if entry["epochs"] else ""
+        parts.append(label + kept)
+    return "; ".join(parts)
 
 
 def fmt_mean_std(pair) -> str:
@@ -175,10 +198,12 @@ def render_markdown(records: list[dict], reported: list[Reported] | None = None)
                    if m.startswith(SUBSET_PREFIX) and m not in SHOWN]
         present += list(dict.fromkeys(subsets))  # in the evaluator's order
         metrics = [primary] + [m for m in present if m != primary]
-        body = [[rank, _label(row), *(fmt_mean_std(row.get(m)) for m in metrics), len(row["seeds"]), f"{row['fit_s']:.1f}"]
-                for rank, row in enumerate(rows, start=1)]
-        lines += [f"## {dataset}", "", f"Ranked by {primary} (%).", "",
-                  tabulate(body, headers=["#", "method", *metrics, "seeds", "fit s"], tablefmt="github", disable_numparse=True), ""]
+        body = [[rank, _label(row), *(fmt_mean_std(row.get(m)) for m in metrics), len(row["seeds"]), f"{row['fit_s']:.1f}",
+                 row["checkpoint"]] for rank, row in enumerate(rows, start=1)]
+        lines += [f"## {dataset}", "", f"Ranked by {primary} (%). Checkpoint: the criterion each training run kept "
+                  "(and the epoch kept per seed / the run's epochs).", "",
+                  tabulate(body, headers=["#", "method", *metrics, "seeds", "fit s", "checkpoint"], tablefmt="github",
+                           disable_numparse=True), ""]
         mine = [r for r in reported if r.dataset == dataset]
         if mine:
             lines += [f"Reported in papers for {dataset} (published numbers, not reproduced by this harness; "

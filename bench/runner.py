@@ -1,7 +1,6 @@
 """One cell of the grid: a method trained and evaluated on a dataset with a seed."""
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import logging
 import math
@@ -18,13 +17,14 @@ import torch
 
 import bench
 from bench.artifacts import SampleCollector, sample_indices, write_artifacts
-from bench.config import Budget, config_hash, resolve_budget, to_jsonable
+from bench.config import SELECTION_CRITERIA, Budget, config_hash, resolve_budget, to_jsonable
 from bench.entries import RESULT_SCHEMA, file_sha256, method_file_sha256, write_entry
 from bench.io import atomic_torch_save, atomic_write_text, file_lock, results_lock
 from bench.metrics import BoxEvaluator, CorLocEvaluator, MaskEvaluator, Top1Cls, normalize_scoremaps
 from bench.models import WSOLNet, build_classifier
 from bench.dataset import make_loader
-from bench.method.training import train
+from bench.method.base import Localization
+from bench.method.training import Selector, preserved_rng, train
 from bench.settings import RunSettings
 
 log = logging.getLogger(__name__)
@@ -34,21 +34,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-@contextlib.contextmanager
-def preserved_rng():
-    """Restore the Python, NumPy and torch (CPU and CUDA) random states on exit."""
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    try:
-        yield
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
 
 
 def git_version(root: Path) -> str | None:
@@ -81,6 +66,9 @@ class RunContext:
     splits: object  # bench.dataset.Splits
     timings: dict = field(default_factory=dict)
     log: logging.Logger = log
+    # the checkpoint each training run of the cell kept (what its entry records as `selection`):
+    # "method": the method's own run, "stage1": {criterion: ...} of the stage-1 classifiers it read
+    selection: dict = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:
@@ -105,6 +93,33 @@ class RunContext:
     def new_classifier(self) -> WSOLNet:
         return build_classifier(self.backbone, self.num_classes, self.weights).to(self.device)
 
+    def selection_metric(self, criterion: str) -> str:
+        """The validation metric a `best-*` criterion maximises."""
+        return self.dataset.primary_metric if criterion == "best-loc" else "Top-1 Cls"
+
+    def selector(self, method) -> Selector | None:
+        """The model selection of `method`'s own training run (pass it to `train`): the budget's
+        criterion for a method whose authors keep `method.selection`, scored by the method's maps
+        (or logits) on the validation split. None: the run keeps its last epoch."""
+        criterion = self.budget.criterion(method.selection)
+        if criterion == "last":
+            self.selection["method"] = {"criterion": "last"}
+            return None
+
+        def score():
+            return evaluate(method, self.splits.val, self.dataset, self.budget, self.device)[0]
+
+        selector = Selector(score, {criterion: self.selection_metric(criterion)}, every=self.budget.val_every)
+        self.selection["method"] = selector  # summarised when the entry is written
+        return selector
+
+    def selection_record(self) -> dict:
+        """The entry's `selection`: what each training run of the cell kept."""
+        out = dict(self.selection)
+        if isinstance(out.get("method"), Selector):
+            out["method"] = out["method"].summary()
+        return out
+
     def stage1_key(self) -> dict:
         b, run = self.budget, self.budget.stage1_schedule()
         key = {"dataset": self.dataset.name, "dataset_config": to_jsonable(self.dataset.cfg),
@@ -117,28 +132,64 @@ class RunContext:
             key["lr_step"] = [run.step_every, run.gamma]
         return key
 
-    def classifier(self) -> WSOLNet:
-        """The shared stage-1 CAM classifier for this dataset x backbone x seed, trained once
-        and cached on disk (loaded with weights_only=True)."""
+    def stage1_path(self, criterion: str = "last") -> tuple[Path, dict]:
+        """The cache file of the stage-1 checkpoint kept by `criterion` and its key. The last
+        epoch's keeps the key it had before model selection existed; a best-* checkpoint's key
+        adds the criterion, its metric and the validation interval (caches never mix)."""
         key = self.stage1_key()
-        path = self.cache_dir / "stage1" / self.dataset.name / f"{self.backbone}-seed{self.seed}-{config_hash(key)}.pt"
+        if criterion != "last":
+            key = {**key, "checkpoint": criterion, "val_metric": self.selection_metric(criterion),
+                   "val_every": self.budget.val_every}
+        folder = self.cache_dir / "stage1" / self.dataset.name
+        return folder / f"{self.backbone}-seed{self.seed}-{config_hash(key)}.pt", key
+
+    def classifier(self, checkpoint: str = "last") -> WSOLNet:
+        """The shared stage-1 CAM classifier for this dataset x backbone x seed, trained once
+        and cached on disk (loaded with weights_only=True): its `checkpoint` ("last",
+        "best-loc": best validation localization of its fc-CAM, "best-cls": best validation
+        Top-1), the budget's criterion for a reader whose authors' default is `checkpoint`
+        (`Budget.criterion`: "last" when the budget never validates). A run that validates
+        caches all three checkpoints at once."""
+        criterion = self.budget.criterion(checkpoint)
+        path, _ = self.stage1_path(criterion)
+        last_path, last_key = self.stage1_path("last")
         model = self.new_classifier()
         # One process trains it, the others wait and load it (--jobs, job arrays); the caller's
         # random state is the same whether it was trained here or loaded, so a cell's result
         # does not depend on which cell of the grid happened to train the classifier.
-        with file_lock(path.with_name(path.name + ".lock")), preserved_rng():
+        with file_lock(last_path.with_name(last_path.name + ".lock")), preserved_rng():
             state = load_checked_checkpoint(path, self.device)
-            if state is not None:
-                model.load_state_dict(state["state_dict"])
-                model.eval()
-                return model
-            start = time.perf_counter()
-            seed_everything(self.seed)
-            train(model, model.parameters(), self.splits.train, self.budget, self.device,
-                  self.budget.stage1_schedule(), self.seed,
-                  desc=f"stage-1 {self.dataset.name}/{self.backbone}/seed{self.seed}")
-            save_checked_checkpoint(path, {"state_dict": model.state_dict(), "key": key})
-            self.timings["stage1_s"] = round(time.perf_counter() - start, 3)
+            if state is None:
+                start = time.perf_counter()
+                seed_everything(self.seed)
+                # initialised after seeding: the same weights whichever reader trains it first
+                model = self.new_classifier()
+                selector = None
+                if self.budget.val_every is not None:
+                    stage1_cam = _ClassifierCAM(model)
+                    selector = Selector(
+                        lambda: evaluate(stage1_cam, self.splits.val, self.dataset, self.budget, self.device)[0],
+                        {c: self.selection_metric(c) for c in ("best-loc", "best-cls")}, every=self.budget.val_every)
+                train(model, model.parameters(), self.splits.train, self.budget, self.device,
+                      self.budget.stage1_schedule(), self.seed,
+                      desc=f"stage-1 {self.dataset.name}/{self.backbone}/seed{self.seed}",
+                      selector=selector)
+                epochs = self.budget.stage1_schedule().epochs
+                if selector is None:
+                    save_checked_checkpoint(last_path, {"state_dict": model.state_dict(), "key": last_key,
+                                                        "selection": {"criterion": "last", "epoch": epochs,
+                                                                      "epochs": epochs}})
+                else:
+                    for kept in SELECTION_CRITERIA:
+                        kept_path, kept_key = self.stage1_path(kept)
+                        save_checked_checkpoint(kept_path, {"state_dict": selector.states[kept], "key": kept_key,
+                                                            "selection": selector.summary(kept)})
+                self.timings["stage1_s"] = round(time.perf_counter() - start, 3)
+                state = load_checked_checkpoint(path, self.device)
+                if state is None:
+                    raise OSError(f"stage-1 checkpoint {path} was not written or does not load back")
+            model.load_state_dict(state["state_dict"])
+        self.selection.setdefault("stage1", {})[criterion] = state.get("selection", {"criterion": "last"})
         model.eval()
         return model
 
@@ -174,6 +225,20 @@ def load_checked_checkpoint(path: Path, device) -> dict | None:
     path.unlink(missing_ok=True)
     checksum_path(path).unlink(missing_ok=True)
     return None
+
+
+class _ClassifierCAM:
+    """The stage-1 classifier read as the `cam` method reads it (fc-CAM of the localization
+    class, and its logits): what its validation scores."""
+
+    name = "stage-1 classifier"
+
+    def __init__(self, model: WSOLNet):
+        self.model = model
+
+    def localize(self, images, labels) -> Localization:
+        out = self.model(images)
+        return Localization(self.model.cam(out.features, labels), out.logits)
 
 
 def evaluate(method, split, dataset, budget: Budget, device: torch.device, tau: float | None = None,
@@ -325,7 +390,8 @@ def run_cell(cell, settings: RunSettings) -> dict:
         if bad:
             raise FloatingPointError(f"metrics not finite: {', '.join(bad)}")
         artifacts = (collector, curves)
-        record.update(status="ok", metrics=metrics, val_metrics=val_metrics, error=None)
+        record.update(status="ok", metrics=metrics, val_metrics=val_metrics, selection=ctx.selection_record(),
+                      error=None)
     except KeyboardInterrupt:
         raise
     except Exception as err:  # one failing cell is recorded and the grid goes on

@@ -28,7 +28,8 @@ def tiny_ctx(num_classes=3):
     def new_classifier():
         return build_classifier("small-cnn", num_classes=num_classes)
 
-    return SimpleNamespace(classifier=new_classifier, new_classifier=new_classifier, device=torch.device("cpu"),
+    return SimpleNamespace(classifier=lambda checkpoint="last": new_classifier(), new_classifier=new_classifier,
+                           selector=lambda method: None, device=torch.device("cpu"),
                            seed=0, budget=make_budget("tiny", stage1_epochs=1, method_epochs=1, batch_size=4, lr=0.01))
 
 

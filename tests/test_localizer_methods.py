@@ -171,7 +171,8 @@ def tiny_ctx(num_classes=3):
         torch.manual_seed(0)
         return build_classifier("small-cnn", num_classes=num_classes)
 
-    return SimpleNamespace(classifier=new_classifier, new_classifier=new_classifier, device=torch.device("cpu"),
+    return SimpleNamespace(classifier=lambda checkpoint="last": new_classifier(), new_classifier=new_classifier,
+                           selector=lambda method: None, device=torch.device("cpu"),
                            seed=0, num_classes=num_classes,
                            budget=make_budget("tiny", stage1_epochs=1, method_epochs=2, batch_size=4, lr=0.01))
 

@@ -4,6 +4,10 @@
 - `Method.localize(images, labels) -> Localization`: score maps [B,h,w] (any resolution,
   the evaluator resizes and normalises) and, when the method classifies, logits [B,C].
 - `PostHocCAM`: methods that read the shared stage-1 classifier and only override `cams`.
+
+`selection`: the checkpoint the method's authors keep of its own training run ("last",
+"best-loc", "best-cls"; docs/protocol.md, "Model selection"); a method that trains passes
+`ctx.selector(self)` to `bench.method.training.train`, which applies it when the budget validates.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ class Method:
     name: str = ""
     tasks: tuple[str, ...] = ("image",)
     needs: tuple[str, ...] = ()  # "cam-classifier": the shared stage-1 classifier
+    selection: str = "last"  # the authors' checkpoint of the method's own training (see above)
     Config = EmptyConfig
 
     def __init__(self, cfg=None):

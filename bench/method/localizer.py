@@ -55,6 +55,10 @@ class LocalizerMethod(Method):
     needs = ("cam-classifier",)
     Config = LocalizerConfig
     with_background = True  # whether `losses` reads the classifier's output on x-
+    # Both papers' code keeps the epoch with the best validation classification (Max-Min:
+    # deep-wsl-histo-min-max-uncertainty main.py; Min-Max entropy: train_deepmil.py); the stage-1
+    # classifier they start from stands in for a pretrained encoder: its last epoch
+    selection = "best-cls"
 
     def build_model(self, ctx) -> LocalizerClassifier:
         c = self.cfg
@@ -83,7 +87,7 @@ class LocalizerMethod(Method):
 
         schedule = ctx.budget.method_schedule(lr=ctx.budget.lr * self.cfg.lr_factor)
         train(self.model, self.model.parameters(), train_set, ctx.budget, ctx.device, schedule, ctx.seed,
-              loss_fn=loss_fn, desc=f"{self.name} localizer", on_epoch_end=on_epoch_end)
+              loss_fn=loss_fn, desc=f"{self.name} localizer", on_epoch_end=on_epoch_end, selector=ctx.selector(self))
         self.model.eval()
 
     def localize(self, images, labels):

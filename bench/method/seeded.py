@@ -93,6 +93,11 @@ class SeededDecoder(Method):
     needs = ("cam-classifier",)
     Config = SeededDecoderConfig
     batch_keys: tuple[str, ...] = ()  # training-batch entries passed to cam_maps / loss_terms as keywords
+    # Model selection (docs/protocol.md): the authors keep the decoder's epoch with the best
+    # validation localization, and read the stage-1 classifier's best-localization checkpoint
+    # (F-CAM's `cp_best`; NEGEV, TCAM, CoLo-CAM take their seeds from it too)
+    selection = "best-loc"
+    stage1_checkpoint = "best-loc"
 
     def train_loader(self, train_set, ctx):
         """The decoder's training batches (called once `self.net` is built); None: the budget's
@@ -153,7 +158,7 @@ class SeededDecoder(Method):
         schedule = LogBarrierSchedule()
         self.t = schedule.t_at(0)
         probe = train_set[0]["image"].shape[-1]
-        self.net = DecoderNet(ctx.classifier(), self.cfg.decoder_widths, probe).to(ctx.device)
+        self.net = DecoderNet(ctx.classifier(self.stage1_checkpoint), self.cfg.decoder_widths, probe).to(ctx.device)
 
         def on_epoch_end(epoch, terms):
             log.info("%s epoch %d: %s (log-barrier t=%.3f)", self.name, epoch,
@@ -163,7 +168,7 @@ class SeededDecoder(Method):
         train(self.net, self.net.decoder.parameters(), train_set, ctx.budget, ctx.device,
               ctx.budget.method_schedule(lr=self.cfg.lr), ctx.seed, loss_fn=self.training_loss,
               desc=f"{self.name} decoder", on_epoch_end=on_epoch_end, loader=self.train_loader(train_set, ctx),
-              batch_keys=self.batch_keys)
+              batch_keys=self.batch_keys, selector=ctx.selector(self))
         self.net.eval()
 
     def localize(self, images, labels):

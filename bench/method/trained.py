@@ -27,6 +27,9 @@ class TrainedCAM(Method):
     """Train a classifier with a method-specific loss/augmentation, then localize by CAM."""
 
     needs: tuple[str, ...] = ()
+    # wsolevaluation (the baselines' reference code) evaluates the last checkpoint by default
+    # (main.py, --eval_checkpoint_type last)
+    selection = "last"
 
     def build_model(self, ctx):
         return ctx.new_classifier()
@@ -41,7 +44,8 @@ class TrainedCAM(Method):
         self.model = self.build_model(ctx).to(ctx.device)
         with self.training_context(self.model):
             train(self.model, self.model.parameters(), train_set, ctx.budget, ctx.device,
-                  ctx.budget.stage1_schedule(), ctx.seed, loss_fn=self.training_loss, desc=f"{self.name} classifier")
+                  ctx.budget.stage1_schedule(), ctx.seed, loss_fn=self.training_loss, desc=f"{self.name} classifier",
+                  selector=ctx.selector(self))
         self.model.eval()
 
     def localize(self, images, labels):
