@@ -17,6 +17,7 @@ from bench.models.pooling import LSEHead, MaxPoolHead, MILHead, find_peaks, lse_
 from bench.models.vit import TSCAMNet, VisionTransformer, is_vit
 from bench.registry import all_methods, get_dataset, get_method
 from bench.survey import LocalizationTargets, data_root_of, few_shot_records, pixel_loss, train_split_records
+from tests.conftest import SMALL_DATASETS
 from tests.harness import SMOKE, small_dataset
 
 SURVEY = ("maxpool", "lse", "wildcat", "deepmil", "prm", "tscam", "fullsup", "fewshot")
@@ -260,11 +261,12 @@ def test_tscam_picks_a_transformer_for_each_run_backbone():
 
 # -------------------------------------------------------------------- pixel supervision
 def _splits(name: str, dirs, **overrides):
+    """A small embedded dataset and its splits at the quick budget (no subsets); with
+    `overrides`, generated under its own data root."""
     cls = get_dataset(name)
-    ds = small_dataset(name) if not overrides else cls(apply_overrides(
-        cls.Config(), {**__import__("tests.conftest", fromlist=["x"]).SMALL_DATASETS[name], **overrides}, name))
-    ds.prepare(dirs["data"] / name if overrides else dirs["data"])
-    root = dirs["data"] / name if overrides else dirs["data"]
+    ds = cls(apply_overrides(cls.Config(), {**SMALL_DATASETS[name], **overrides}, name))
+    root = dirs["data"] / f"{name}-{'-'.join(overrides.values())}" if overrides else dirs["data"]
+    ds.prepare(root)
     return ds, ds.splits(root, BUDGETS["quick"])
 
 
