@@ -228,14 +228,14 @@ def test_vit_backbones_fit_the_backbone_interface():
     handle = small.cam_layer.register_forward_hook(lambda m, i, o: seen.append(o))
     with torch.no_grad():
         out = small(torch.rand(2, 3, 64, 64))
-        other = small(torch.rand(1, 3, 96, 96))  # another size: the position embedding is resized
+        other = small(torch.rand(1, 3, 96, 96))  # its own size; 64 px: the position embedding is resized
     handle.remove()
     assert out.shape == (2, 96, 8, 8) and other.shape == (1, 96, 12, 12) and torch.equal(seen[0], out)
     net = WSOLNet(small, 4)  # every CAM method reads it like a CNN
     assert net(torch.rand(1, 3, 64, 64)).logits.shape == (1, 4)
     deit = BACKBONES["deit-small"]()
     assert (deit.patch, deit.out_channels, len(deit.blocks), deit.blocks[0].attn.heads) == (16, 384, 12, 6)
-    assert deit.pos_embed.shape == (1, 1 + 14 * 14, 384)
+    assert deit.pos_embed.shape == (1, 1 + 14 * 14, 384) and small.pos_embed.shape == (1, 1 + 12 * 12, 96)
 
 
 def test_vit_loads_a_deit_checkpoint_without_its_heads(tmp_path):
