@@ -29,6 +29,9 @@ class Method:
     name: str = ""
     tasks: tuple[str, ...] = ("image",)
     needs: tuple[str, ...] = ()  # "cam-classifier": the shared stage-1 classifier
+    # "weak" (image labels: the leaderboard's ranking), or the stronger supervision of a reference
+    # row ("full", "few-shot"), shown apart and never ranked with the weak methods
+    supervision: str = "weak"
     selection: str = "last"  # the authors' checkpoint of the method's own training (see above)
     Config = EmptyConfig
 

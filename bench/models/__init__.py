@@ -90,6 +90,10 @@ def load_backbone_weights(module: nn.Module, path: str | Path) -> None:
     except Exception as err:  # torch.load raises KeyError, RuntimeError, EOFError... on a file that is no checkpoint
         raise ValueError(f"--weights {path}: not a PyTorch checkpoint (expected a state dict saved with "
                          f"torch.save; {type(err).__name__}: {err})") from None
+    for wrapper in ("model", "state_dict"):  # DeiT / timm and training checkpoints wrap the state dict
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+            break
     if not (isinstance(state, dict) and state and all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                       for k, v in state.items())):
         raise ValueError(f"--weights {path}: expected a state dict (parameter names to tensors), got "
@@ -223,4 +227,4 @@ register_backbone("small-cnn")(SmallCNN)
 
 # The full-size WSOL backbones (torchvision state-dict layout); imported last: they register
 # themselves with `register_backbone` defined above.
-from bench.models import inception, resnet, vgg  # noqa: E402,F401
+from bench.models import inception, resnet, vgg, vit  # noqa: E402,F401
