@@ -43,6 +43,7 @@ MAX_ENTRY_DEPTH = 32
 # optional keys -> type(s) when present (None allowed for every one of them)
 OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "val_metrics": dict, "artifacts": dict, "submission": dict, "error": str, "traceback": str, "extension": str,
+    "supervision": str, "random_init": bool, "selection": dict,
 }
 _NUMBER = (int, float)
 

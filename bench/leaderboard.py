@@ -105,15 +105,23 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarize(records: list[dict]) -> dict[str, list[dict]]:
-    """Per dataset, one row per method with mean/std over seeds, ranked by the primary metric."""
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    """One table per dataset and (budget, backbone): a row per method with mean/std over seeds,
+    ranked by the primary metric (rows of stronger supervision after the others, unranked).
+    A dataset with entries of one budget and backbone is keyed by its name alone, else by
+    "<dataset> (budget B, backbone K)": rankings never mix budgets or backbones."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         if r.get("status") == "ok":
-            groups[(r["dataset"], r["method"])].append(r)
+            groups[(r["dataset"], r["budget"], r.get("backbone", ""), r["method"])].append(r)
+    runs: dict[str, set] = defaultdict(set)
+    for dataset, budget, backbone, _ in groups:
+        runs[dataset].add((budget, backbone))
     tables: dict[str, list[dict]] = defaultdict(list)
-    for (dataset, method), rs in groups.items():
-        row = {"method": method, "primary_metric": rs[0]["primary_metric"], "seeds": sorted(r["seed"] for r in rs),
-               "budget": ",".join(sorted({r["budget"] for r in rs})), "backbone": rs[0].get("backbone", ""),
+    for (dataset, budget, backbone, method), rs in groups.items():
+        key = dataset if len(runs[dataset]) == 1 else f"{dataset} (budget {budget}, backbone {backbone})"
+        row = {"method": method, "dataset": dataset, "primary_metric": rs[0]["primary_metric"],
+               "seeds": sorted(r["seed"] for r in rs), "budget": budget, "backbone": backbone,
+               "supervision": rs[0].get("supervision", "weak"),
                "off_protocol": sorted({d for r in rs for d in (r.get("submission") or {}).get("deviations", [])}
                                       | ({"random init"} if any(r.get("random_init") for r in rs) else set()))}
         for metric in sorted({k for r in rs for k in r["metrics"]}):
@@ -122,9 +130,9 @@ def summarize(records: list[dict]) -> dict[str, list[dict]]:
                 row[metric] = mean_std(values)
         row["fit_s"] = sum(r["timings"].get("fit_s", 0) for r in rs) / len(rs)
         row["checkpoint"] = checkpoint_note(sorted(rs, key=lambda r: r["seed"]))
-        tables[dataset].append(row)
-    for dataset, rows in tables.items():
-        rows.sort(key=lambda row: -row.get(row["primary_metric"], (-1e9, 0))[0])
+        tables[key].append(row)
+    for rows in tables.values():
+        rows.sort(key=lambda row: (row["supervision"] != "weak", -row.get(row["primary_metric"], (-1e9, 0))[0]))
     return dict(sorted(tables.items()))
 
 
@@ -173,7 +181,26 @@ def _reported_table(reported: list[Reported], rows: list[dict] | None) -> str:
                     disable_numparse=True)
 
 
-def render_markdown(records: list[dict], reported: list[Reported] | None = None) -> str:
+def _transfer_sections(records: list[dict]) -> list[str]:
+    """The transfer track: a table per (source, target) pair, source-only first (the lower
+    reference), the adaptations, target-supervised last (the upper reference)."""
+    if not records:
+        return []
+    from bench.transfer.track import pair_table
+
+    lines = ["## Transfer: source-free domain adaptation", "",
+             "A source model (the stage-1 CAM classifier of the source dataset) adapted on the target's unlabelled "
+             "training images, scored on the target's test split; mean ± sample std over seeds.", ""]
+    pairs = sorted({(r["source"], r["target"]) for r in records})
+    for source, target in pairs:
+        mine = [r for r in records if (r["source"], r["target"]) == (source, target)]
+        metrics = [mine[0]["primary_metric"], "Top-1 Cls"]
+        lines += [f"### {source} -> {target}", "", pair_table(mine, metrics), ""]
+    return lines
+
+
+def render_markdown(records: list[dict], reported: list[Reported] | None = None,
+                    transfer: list[dict] | None = None) -> str:
     tables = summarize(records)
     reported = reported or []
     ok = [r for r in records if r.get("status") == "ok"]
@@ -198,17 +225,29 @@ def render_markdown(records: list[dict], reported: list[Reported] | None = None)
                    if m.startswith(SUBSET_PREFIX) and m not in SHOWN]
         present += list(dict.fromkeys(subsets))  # in the evaluator's order
         metrics = [primary] + [m for m in present if m != primary]
-        body = [[rank, _label(row), *(fmt_mean_std(row.get(m)) for m in metrics), len(row["seeds"]), f"{row['fit_s']:.1f}",
-                 row["checkpoint"]] for rank, row in enumerate(rows, start=1)]
+        weak = [row for row in rows if row["supervision"] == "weak"]
+        stronger = [row for row in rows if row["supervision"] != "weak"]
+
+        def body(part, ranked):
+            return [[rank if ranked else "-", _label(row), *(fmt_mean_std(row.get(m)) for m in metrics),
+                     len(row["seeds"]), f"{row['fit_s']:.1f}", row["checkpoint"]]
+                    for rank, row in enumerate(part, start=1)]
+
+        headers = ["#", "method", *metrics, "seeds", "fit s", "checkpoint"]
         lines += [f"## {dataset}", "", f"Ranked by {primary} (%). Checkpoint: the criterion each training run kept "
                   "(and the epoch kept per seed / the run's epochs).", "",
-                  tabulate(body, headers=["#", "method", *metrics, "seeds", "fit s", "checkpoint"], tablefmt="github",
-                           disable_numparse=True), ""]
+                  tabulate(body(weak, True), headers=headers, tablefmt="github", disable_numparse=True), ""]
+        if stronger:
+            lines += ["Stronger supervision (references, not ranked with the weakly supervised methods above: "
+                      + "; ".join(f"{row['method']}: {row['supervision']}" for row in stronger) + "):", "",
+                      tabulate(body(stronger, False), headers=headers, tablefmt="github", disable_numparse=True), ""]
+        dataset = rows[0]["dataset"]
         mine = [r for r in reported if r.dataset == dataset]
         if mine:
             lines += [f"Reported in papers for {dataset} (published numbers, not reproduced by this harness; "
                       "\"here\" is this table's mean for the same method and metric):", "", _reported_table(mine, rows), ""]
-    elsewhere = sorted({r.dataset for r in reported} - set(tables))
+    lines += _transfer_sections(transfer or [])
+    elsewhere = sorted({r.dataset for r in reported} - {row["dataset"] for rows in tables.values() for row in rows})
     if elsewhere:
         lines += ["## Reported in papers (datasets without results here)", "",
                   "Published numbers from `leaderboard/reported.csv`, not reproduced by this harness.", ""]
@@ -259,12 +298,16 @@ def write_leaderboard(results_dir: Path, out_dir: Path, reported: Path | None = 
     readme, table = Path(out_dir) / "README.md", Path(out_dir) / "results.csv"
     if not allow_empty:
         entry_files(results_dir)  # a missing folder fails before its lock file would create it
+    from bench.transfer.entries import load_transfer_entries
+
     with results_lock(results_dir):
         records, excluded = load_entries(results_dir)
-        if not records and not allow_empty:
+        transfer, transfer_excluded = load_transfer_entries(results_dir)
+        excluded += transfer_excluded
+        if not records and not transfer and not allow_empty:
             raise ResultsFolderError(empty_folder_message(results_dir) if not excluded else
                                      f"no entry of {results_dir} can be published ({len(excluded)} excluded); "
                                      f"the tables are left as they were")
-        atomic_write_text(readme, render_markdown(records, published))
+        atomic_write_text(readme, render_markdown(records, published, transfer))
         atomic_write_text(table, to_frame(records).to_csv(index=False, float_format="%.4f"))
     return Published(readme, table, excluded)

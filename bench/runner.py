@@ -314,6 +314,8 @@ def _new_record(method_cls, method_cfg, dataset, seed: int, settings: RunSetting
     }
     if settings.submission is not None:
         record["submission"] = settings.submission
+    if method_cls.supervision != "weak":  # a reference row of stronger supervision, never ranked with the rest
+        record["supervision"] = method_cls.supervision
     if needs_pretrained(dataset, settings):  # allowed by --random-init: off the protocol
         record["random_init"] = True
     return record

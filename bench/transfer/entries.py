@@ -5,14 +5,17 @@ the adaptation file's hash (the target-supervised row: bench/transfer/cell.py's)
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
 from bench.config import config_hash
-from bench.entries import ENTRY_NAME, REQUIRED, RESULT_SCHEMA, Problem, entry_checksum, file_sha256, \
-    method_file_sha256
+from bench.entries import (ENTRY_NAME, REQUIRED, RESULT_SCHEMA, EntryError, Problem, entry_checksum, file_sha256,
+                           method_file_sha256, parse_entry)
 from bench.transfer.adaptation import SourceOnly, all_adaptations
 from bench.transfer.cell import TARGET_SUPERVISED, TRACK, pair_name
+
+log = logging.getLogger(__name__)
 
 
 def _code_hashes() -> dict[str, str | None]:
@@ -69,3 +72,27 @@ def check_transfer_entries(results_dir: Path) -> list[Problem]:
             continue
         problems += [Problem(str(path), r) for r in check_transfer_record(record, rel, hashes)]
     return problems
+
+
+def load_transfer_entries(results_dir: Path) -> tuple[list[dict], list[Problem]]:
+    """The transfer entries the tables may publish, and those left out (malformed, edited or
+    misplaced; a changed adaptation file is for `--check` to report, as for the grid's)."""
+    root = Path(results_dir) / TRACK
+    records: list[dict] = []
+    excluded: list[Problem] = []
+    hashes = _code_hashes()
+    for path in sorted(root.glob("*/*/seed*.json")) if root.is_dir() else []:
+        try:
+            record = parse_entry(path)
+        except EntryError as err:
+            excluded += [Problem(err.path, reason) for reason in err.reasons]
+            continue
+        reasons = [r for r in check_transfer_record(record, path.relative_to(root).parts, hashes)
+                   if not r.startswith("adaptation file changed")]
+        if reasons:
+            excluded += [Problem(str(path), r) for r in reasons]
+            log.warning("transfer entry excluded from the tables: %s: %s", path, "; ".join(reasons))
+        else:
+            records.append(record)
+    return records, excluded
+

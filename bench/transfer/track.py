@@ -2,6 +2,7 @@
 (what `python -m bench run --transfer SRC:TGT` is meant to run), and the pair's table."""
 from __future__ import annotations
 
+from tabulate import tabulate
 from tqdm.auto import tqdm
 
 from bench.config import apply_overrides
@@ -55,22 +56,24 @@ def run_pair(source_name: str, target_name: str, settings: RunSettings, adaptati
 
 def pair_table(records: list[dict], metrics=("PxAP", "Top-1 Cls")) -> str:
     """A markdown table of one pair: source-only first, the adaptations, target-supervised
-    last (lower and upper references), mean over seeds, seconds per cell."""
+    last (lower and upper references), mean ± sample std over seeds, seconds per cell."""
+    from bench.leaderboard import fmt_mean_std, mean_std
+
     rows: dict[str, list[dict]] = {}
     for r in records:
         rows.setdefault(r["method"], []).append(r)
     order = [SourceOnly.name] + sorted(n for n in rows if n not in (SourceOnly.name, TARGET_SUPERVISED)) \
         + [TARGET_SUPERVISED]
-    lines = ["| adaptation | " + " | ".join(metrics) + " | s/cell | seeds |",
-             "|---|" + "---|" * (len(metrics) + 2)]
+    body = []
     for name in order:
         ok = [r for r in rows.get(name, []) if r.get("status") == "ok"]
+        label = name + {SourceOnly.name: " (lower reference)", TARGET_SUPERVISED: " (upper reference)"}.get(name, "")
         if not ok:
-            cell = "failed" if rows.get(name) else "-"
-            lines.append(f"| {name} | " + " | ".join(cell for _ in metrics) + " | - | 0 |")
+            body.append([label, *("failed" if rows.get(name) else "-" for _ in metrics), "-", 0])
             continue
-        vals = [sum(r["metrics"][m] for r in ok) / len(ok) if all(m in r["metrics"] for r in ok) else float("nan")
-                for m in metrics]
+        cells = [fmt_mean_std(mean_std([r["metrics"][m] for r in ok])) if all(m in r["metrics"] for r in ok) else "-"
+                 for m in metrics]
         secs = sum(r["timings"]["total_s"] for r in ok) / len(ok)
-        lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in vals) + f" | {secs:.1f} | {len(ok)} |")
-    return "\n".join(lines)
+        body.append([label, *cells, f"{secs:.1f}", len(ok)])
+    return tabulate(body, headers=["adaptation", *metrics, "s/cell", "seeds"], tablefmt="github",
+                    disable_numparse=True)
