@@ -37,6 +37,42 @@ class TrainSchedule:
 
 
 @dataclass(frozen=True)
+class ScheduleChanges:
+    """A method's own changes to the budget's schedule of its training (None: the budget's), for
+    the authors' released schedules (a method's `paper_presets`, e.g. CoLo-CAM's 10 epochs)."""
+
+    epochs: int | None = None
+    step_every: int | None = None
+    gamma: float | None = None
+
+    def __post_init__(self):
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"ScheduleChanges: epochs must be >= 1, got {self.epochs}")
+        if self.step_every is not None and self.step_every < 1:
+            raise ValueError(f"ScheduleChanges: step_every must be >= 1, got {self.step_every}")
+
+    def apply(self, schedule: TrainSchedule) -> TrainSchedule:
+        changes = {k: v for k, v in (("epochs", self.epochs), ("step_every", self.step_every),
+                                     ("gamma", self.gamma)) if v is not None}
+        return replace(schedule, **changes) if changes else schedule
+
+
+@dataclass(frozen=True)
+class FineTuneConfig:
+    """The settings of a method that fine-tunes the stage-1 classifier with its own training
+    (PixelCAM, the localizer methods)."""
+
+    init_from_stage1: bool = True  # start from the cached stage-1 classifier (else from scratch)
+    # learning rate = budget.lr * lr_factor: the released configurations fine-tune at 0.001, a
+    # tenth of the classifier learning rate of the papers' WSOL protocol (the `paper` budget's 0.01)
+    lr_factor: float = 0.1
+
+    def __post_init__(self):
+        if self.lr_factor <= 0:
+            raise ValueError(f"{type(self).__name__}: lr_factor must be > 0, got {self.lr_factor}")
+
+
+@dataclass(frozen=True)
 class PaperSchedule:
     """A training run as a reference paper published it for a dataset (declared by the dataset
     plugin, taken by the `paper` budget): `epochs` epochs, the learning rate multiplied by `gamma`
@@ -183,24 +219,51 @@ def _coerce(value: str, annotation, where: str):
 
 
 def apply_overrides(cfg, overrides: dict[str, str], owner: str):
-    """Return a copy of dataclass `cfg` with string `overrides` applied (typed by the fields)."""
+    """Return a copy of dataclass `cfg` with string `overrides` applied (typed by the fields).
+    A dotted key (`seed.fg_mode`) reaches into a nested dataclass field (`cfg.seed`)."""
     if not overrides:
         return cfg
     hints = typing.get_type_hints(type(cfg))
     names = {f.name for f in fields(cfg)}
-    changes = {}
+    changes, nested = {}, {}
     for key, value in overrides.items():
-        if key not in names:
-            raise ValueError(f"{owner} has no setting {key!r}; its settings: {', '.join(sorted(names))}")
-        changes[key] = _coerce(value, hints[key], f"{owner}.{key}")
+        head, dot, rest = key.partition(".")
+        if head not in names:
+            raise ValueError(f"{owner} has no setting {head!r}; its settings: {', '.join(sorted(names))}")
+        if dot:
+            inner = getattr(cfg, head)
+            if not (dataclasses.is_dataclass(inner) and not isinstance(inner, type)):
+                raise ValueError(f"{owner}.{head} is not a group of settings; {key!r} cannot be set")
+            nested.setdefault(head, {})[rest] = value
+        else:
+            if dataclasses.is_dataclass(getattr(cfg, head)):
+                raise ValueError(f"{owner}.{head} is a group of settings: set its fields ({owner}.{head}.KEY)")
+            changes[key] = _coerce(value, hints[key], f"{owner}.{key}")
+    for head, inner in nested.items():
+        changes[head] = apply_overrides(getattr(cfg, head), inner, f"{owner}.{head}")
     return replace(cfg, **changes)
 
 
+def paper_preset(method_cls, dataset_name: str, budget_name: str) -> dict[str, str]:
+    """The authors' released configuration of `method_cls` for `dataset_name` (its
+    `paper_presets` entry, `--set`-style strings) when the budget is `paper`; else {}."""
+    if budget_name != PAPER_BUDGET:
+        return {}
+    return dict(getattr(method_cls, "paper_presets", {}).get(dataset_name, {}))
+
+
+def method_config(method_cls, dataset_name: str, budget_name: str, overrides: dict[str, str]):
+    """A cell's method config: the defaults, the paper preset (`paper_preset`), then `overrides`."""
+    merged = {**paper_preset(method_cls, dataset_name, budget_name), **(overrides or {})}
+    return apply_overrides(method_cls.Config(), merged, method_cls.name)
+
+
 def split_setting(text: str) -> tuple[str, str, str] | None:
-    """`fcam.crf_weight=1e-9` -> ("fcam", "crf_weight", "1e-9"); None when it is not OWNER.KEY=VALUE
-    (the owner, a method or dataset name, may itself hold dots: the key follows the last one)."""
+    """`fcam.crf_weight=1e-9` -> ("fcam", "crf_weight", "1e-9"); `fcam.seed.fg_mode=top` ->
+    ("fcam", "seed.fg_mode", "top") (a nested setting); None when it is not OWNER.KEY=VALUE.
+    The owner is what precedes the first dot (registered names hold no dots)."""
     key, sep, value = text.partition("=")
-    owner, dot, name = key.rpartition(".")
+    owner, dot, name = key.partition(".")
     if not sep or not dot or not owner or not name:
         return None
     return owner, name, value
@@ -224,6 +287,6 @@ class EmptyConfig:
     """For plugins without settings."""
 
 
-__all__ = ["Budget", "BUDGETS", "PAPER_BUDGET", "TrainSchedule", "PaperSchedule", "resolve_budget", "added_later",
-           "get_budget", "config_hash", "apply_overrides", "split_setting", "parse_set_flags",
+__all__ = ["Budget", "BUDGETS", "PAPER_BUDGET", "TrainSchedule", "ScheduleChanges", "FineTuneConfig", "PaperSchedule", "resolve_budget", "added_later",
+           "get_budget", "config_hash", "apply_overrides", "paper_preset", "method_config", "split_setting", "parse_set_flags",
            "EmptyConfig", "to_jsonable", "field"]

@@ -18,7 +18,7 @@ import torch
 
 import bench
 from bench.artifacts import SampleCollector, sample_indices, write_artifacts
-from bench.config import Budget, config_hash, resolve_budget, to_jsonable
+from bench.config import Budget, config_hash, paper_preset, resolve_budget, to_jsonable
 from bench.entries import RESULT_SCHEMA, file_sha256, method_file_sha256, write_entry
 from bench.io import atomic_torch_save, file_lock, results_lock
 from bench.metrics import BoxEvaluator, CorLocEvaluator, MaskEvaluator, Top1Cls, normalize_scoremaps
@@ -197,16 +197,20 @@ def cell_config(method_cls, method_cfg, dataset, seed: int, settings: RunSetting
     """What a cell's result depends on (its hash resumes the grid); the budget as the cell trains
     with it (`resolve_budget`: the `paper` budget with the dataset's published schedules)."""
     budget = resolve_budget(settings.budget, dataset, settings.backbone)
-    return {"method": method_cls.name, "method_config": to_jsonable(method_cfg), "dataset": dataset.name,
-            "dataset_config": to_jsonable(dataset.cfg), "budget": to_jsonable(budget), "seed": seed,
-            "backbone": settings.backbone, "weights": file_sha256(settings.weights)}
+    config = {"method": method_cls.name, "method_config": to_jsonable(method_cfg), "dataset": dataset.name,
+              "dataset_config": to_jsonable(dataset.cfg), "budget": to_jsonable(budget), "seed": seed,
+              "backbone": settings.backbone, "weights": file_sha256(settings.weights)}
+    preset = paper_preset(method_cls, dataset.name, settings.budget.name)
+    if preset:  # the authors' configuration this cell took (its values are in method_config too)
+        config["paper_preset"] = preset
+    return config
 
 
 def run_cell(cell, settings: RunSettings) -> dict:
     """Run one cell (a `bench.grid.Cell`) and write its sealed entry (and its small artifacts for
     the report) atomically; a failure is recorded, not raised. `settings.submission` (from
     `bench submit`) is stored in the entry: whether it ran under the protocol and, if not, why."""
-    method_cls, method_cfg, dataset = cell.build()
+    method_cls, method_cfg, dataset = cell.build(settings.budget.name)
     seed, device, results_dir = cell.seed, settings.torch_device, cell.results_in(settings)
     budget = resolve_budget(settings.budget, dataset, settings.backbone)
     config = cell_config(method_cls, method_cfg, dataset, seed, settings)
