@@ -42,7 +42,13 @@ def test_decoder_stages_sit_at_the_papers_resolutions_on_resnet50():
     torch.manual_seed(0)
     net = DecoderNet(build_classifier("resnet50", 3), (256, 128, 64, 32, 16), 64)
     assert _stage_shapes(net, 64) == [(256, 8, 8), (128, 8, 8), (64, 16, 16), (32, 32, 32), (16, 64, 64)]
-    assert [stage[0].in_channels for stage in net.decoder.stages] == [256, 256, 128 + 256, 64 + 64, 32]
+    # the first two stages concatenate layer3 (1024) and layer2 (512), the outputs at 1/8 (smp U-Net)
+    assert net.tap.feature_skip_channels == [1024, 512]
+    assert [stage[0].in_channels for stage in net.decoder.stages] == [2048 + 1024, 256 + 512, 128 + 256, 64 + 64, 32]
+    assert net.decoder.head.kernel_size == (3, 3)
+    cheap = DecoderNet(build_classifier("resnet50", 3), (256, 128, 64, 32, 16), 64, feature_skips="reduce")
+    assert [stage[0].in_channels for stage in cheap.decoder.stages] == [256, 256, 128 + 256, 64 + 64, 32]
+    assert _stage_shapes(cheap, 64) == _stage_shapes(net, 64)
 
 
 def test_decoder_with_fewer_widths_than_levels_uses_the_finest():

@@ -68,6 +68,9 @@ class SeededDecoderConfig:
     docs/fidelity.md lists each choice with its reference."""
 
     decoder_widths: tuple[int, ...] = (256, 128, 64, 32, 16)
+    # "concat": the smp U-Net of the authors' code (encoder outputs concatenated at the features'
+    # resolution, nearest resizing, 3x3 head); "reduce": a cheaper 1x1 reduction instead
+    decoder_skips: str = "concat"
     # the CAM of the seeds: a registered post-hoc CAM method on the stage-1 classifier
     seed_cam: str = "cam"
     # Otsu ROI eroded 11x11 once (restored if it erodes away), 1 uniform fg pixel in it, 1 uniform
@@ -97,13 +100,14 @@ class SeededDecoderConfig:
 class DecoderNet(nn.Module):
     """Frozen classifier + trainable decoder; `train()` never unfreezes the classifier's BN."""
 
-    def __init__(self, classifier, decoder_widths, probe_size: int):
+    def __init__(self, classifier, decoder_widths, probe_size: int, feature_skips: str = "concat"):
         super().__init__()
         self.classifier = classifier.requires_grad_(False).eval()
         self.tap = EncoderTap(classifier, probe_size)
         scale = getattr(classifier.backbone, "decoder_width_scale", 1.0)
         widths = tuple(max(4, round(w * scale)) for w in decoder_widths)
-        self.decoder = UNetDecoder(self.tap.feature_channels, self.tap.level_skip_channels, widths)
+        self.decoder = UNetDecoder(self.tap.feature_channels, self.tap.level_skip_channels, widths,
+                                   feature_skip_channels=self.tap.feature_skip_channels, feature_skips=feature_skips)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -181,7 +185,7 @@ class SeededDecoder(Method):
         schedule = LogBarrierSchedule()
         self.t = schedule.t_at(0)
         probe = train_set[0]["image"].shape[-1]
-        self.net = DecoderNet(ctx.classifier(), self.cfg.decoder_widths, probe).to(ctx.device)
+        self.net = DecoderNet(ctx.classifier(), self.cfg.decoder_widths, probe, self.cfg.decoder_skips).to(ctx.device)
         self.seeder = build_cam_seeder(self.cfg.seed_cam, self.name, train_set, val, ctx)
 
         def on_epoch_end(epoch, terms):
