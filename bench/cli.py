@@ -163,7 +163,7 @@ def _refuse_random_init(cells, settings) -> None:
     from bench.runner import random_init_refusal
 
     for cell in cells:
-        refusal = random_init_refusal(cell.build()[2], settings)
+        refusal = random_init_refusal(cell.build(settings.budget.name)[2], settings)
         if refusal:
             raise ValueError(refusal)
 

@@ -37,6 +37,42 @@ class TrainSchedule:
 
 
 @dataclass(frozen=True)
+class ScheduleChanges:
+    """A method's own changes to the budget's schedule of its training (None: the budget's), for
+    the authors' released schedules (a method's `paper_presets`, e.g. CoLo-CAM's 10 epochs)."""
+
+    epochs: int | None = None
+    step_every: int | None = None
+    gamma: float | None = None
+
+    def __post_init__(self):
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"ScheduleChanges: epochs must be >= 1, got {self.epochs}")
+        if self.step_every is not None and self.step_every < 1:
+            raise ValueError(f"ScheduleChanges: step_every must be >= 1, got {self.step_every}")
+
+    def apply(self, schedule: TrainSchedule) -> TrainSchedule:
+        changes = {k: v for k, v in (("epochs", self.epochs), ("step_every", self.step_every),
+                                     ("gamma", self.gamma)) if v is not None}
+        return replace(schedule, **changes) if changes else schedule
+
+
+@dataclass(frozen=True)
+class FineTuneConfig:
+    """The settings of a method that fine-tunes the stage-1 classifier with its own training
+    (PixelCAM, the localizer methods)."""
+
+    init_from_stage1: bool = True  # start from the cached stage-1 classifier (else from scratch)
+    # learning rate = budget.lr * lr_factor: the released configurations fine-tune at 0.001, a
+    # tenth of the classifier learning rate of the papers' WSOL protocol (the `paper` budget's 0.01)
+    lr_factor: float = 0.1
+
+    def __post_init__(self):
+        if self.lr_factor <= 0:
+            raise ValueError(f"{type(self).__name__}: lr_factor must be > 0, got {self.lr_factor}")
+
+
+@dataclass(frozen=True)
 class PaperSchedule:
     """A training run as a reference paper published it for a dataset (declared by the dataset
     plugin, taken by the `paper` budget): `epochs` epochs, the learning rate multiplied by `gamma`
@@ -237,6 +273,20 @@ def setting_names(cfg) -> list[str]:
     return sorted(out)
 
 
+def paper_preset(method_cls, dataset_name: str, budget_name: str) -> dict[str, str]:
+    """The authors' released configuration of `method_cls` for `dataset_name` (its
+    `paper_presets` entry, `--set`-style strings) when the budget is `paper`; else {}."""
+    if budget_name != PAPER_BUDGET:
+        return {}
+    return dict(getattr(method_cls, "paper_presets", {}).get(dataset_name, {}))
+
+
+def method_config(method_cls, dataset_name: str, budget_name: str, overrides: dict[str, str]):
+    """A cell's method config: the defaults, the paper preset (`paper_preset`), then `overrides`."""
+    merged = {**paper_preset(method_cls, dataset_name, budget_name), **(overrides or {})}
+    return apply_overrides(method_cls.Config(), merged, method_cls.name)
+
+
 def split_setting(text: str) -> tuple[str, str, str] | None:
     """`fcam.crf_weight=1e-9` -> ("fcam", "crf_weight", "1e-9"); `fcam.seed.fg_mode=top` -> ("fcam",
     "seed.fg_mode", "top"): the owner (a method or dataset name, which holds no dot) comes before
@@ -267,6 +317,6 @@ class EmptyConfig:
 
 
 __all__ = ["Budget", "make_budget", "BUDGETS", "SELECTION_CRITERIA", "PAPER_BUDGET", "TrainSchedule", "PaperSchedule",
-           "resolve_budget", "added_later", "get_budget", "config_hash", "apply_overrides", "setting_names",
-           "split_setting", "parse_set_flags",
+           "ScheduleChanges", "FineTuneConfig", "resolve_budget", "added_later", "get_budget", "config_hash",
+           "apply_overrides", "setting_names", "paper_preset", "method_config", "split_setting", "parse_set_flags",
            "EmptyConfig", "to_jsonable", "field"]

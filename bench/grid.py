@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.config import apply_overrides, config_hash
+from bench.config import apply_overrides, config_hash, method_config
 from bench.entries import is_finished_entry as is_finished
 from bench.entries import method_file_sha256
 from bench.io import check_writable
@@ -30,10 +30,11 @@ class Cell:
     overrides: dict = field(default_factory=dict)  # {"<method>": {key: value}, "<dataset>": {key: value}}
     results_dir: str | None = None  # None: the run's results folder; `bench sweep`: the value's
 
-    def build(self):
-        """(method class, method config, dataset instance): the defaults plus the overrides."""
+    def build(self, budget: str):
+        """(method class, method config, dataset instance): the defaults, the method's paper preset
+        for the dataset under the `paper` budget (`bench.config.method_config`), the overrides."""
         mcls, dcls = get_method(self.method), get_dataset(self.dataset)
-        mcfg = apply_overrides(mcls.Config(), self.overrides.get(self.method, {}), self.method)
+        mcfg = method_config(mcls, self.dataset, budget, self.overrides.get(self.method, {}))
         dataset = dcls(apply_overrides(dcls.Config(), self.overrides.get(self.dataset, {}), self.dataset))
         return mcls, mcfg, dataset
 
@@ -135,7 +136,7 @@ def run_grid(cells: list[Cell], settings: RunSettings) -> GridReport:
     report = GridReport([], [], [], [])
     todo = []
     for cell in cells:
-        method_cls, method_cfg, dataset = cell.build()
+        method_cls, method_cfg, dataset = cell.build(settings.budget.name)
         cfg = cell_config(method_cls, method_cfg, dataset, cell.seed, settings)
         path = cell.result_file(settings)
         if is_finished(path, config_hash(cfg), method_file_sha256(method_cls)):

@@ -17,7 +17,7 @@ import torch
 
 import bench
 from bench.artifacts import SampleCollector, sample_indices, write_artifacts
-from bench.config import SELECTION_CRITERIA, Budget, config_hash, resolve_budget, to_jsonable
+from bench.config import SELECTION_CRITERIA, Budget, config_hash, paper_preset, resolve_budget, to_jsonable
 from bench.entries import RESULT_SCHEMA, file_sha256, method_file_sha256, write_entry
 from bench.io import atomic_torch_save, atomic_write_text, file_lock, results_lock
 from bench.metrics import BoxEvaluator, CorLocEvaluator, MaskEvaluator, Top1Cls, normalize_scoremaps
@@ -295,10 +295,14 @@ def cell_config(method_cls, method_cfg, dataset, seed: int, settings: RunSetting
     """What a cell's result depends on (its hash resumes the grid); the budget as the cell trains
     with it (`resolve_budget`: the `paper` budget with the dataset's published schedules)."""
     budget = resolve_budget(settings.budget, dataset, settings.backbone)
-    return {"method": method_cls.name, "method_config": to_jsonable(method_cfg), "dataset": dataset.name,
-            "dataset_config": to_jsonable(dataset.cfg), "data": dataset.fingerprint(settings.data_root),
-            "budget": to_jsonable(budget), "seed": seed, "backbone": settings.backbone,
-            "weights": file_sha256(settings.backbone_weights())}
+    config = {"method": method_cls.name, "method_config": to_jsonable(method_cfg), "dataset": dataset.name,
+              "dataset_config": to_jsonable(dataset.cfg), "data": dataset.fingerprint(settings.data_root),
+              "budget": to_jsonable(budget), "seed": seed, "backbone": settings.backbone,
+              "weights": file_sha256(settings.backbone_weights())}
+    preset = paper_preset(method_cls, dataset.name, settings.budget.name)
+    if preset:  # the authors' configuration this cell took (its values are in method_config too)
+        config["paper_preset"] = preset
+    return config
 
 
 def _new_record(method_cls, method_cfg, dataset, seed: int, settings: RunSettings) -> dict:
@@ -323,7 +327,7 @@ def _new_record(method_cls, method_cfg, dataset, seed: int, settings: RunSetting
 
 def record_failure(cell, settings: RunSettings, error: str) -> dict:
     """Write the failed entry of a cell that could not record itself (its worker process died)."""
-    method_cls, method_cfg, dataset = cell.build()
+    method_cls, method_cfg, dataset = cell.build(settings.budget.name)
     record = _new_record(method_cls, method_cfg, dataset, cell.seed, settings)
     record.update(status="failed", metrics={}, error=error, timings={},
                   finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -356,7 +360,7 @@ def run_cell(cell, settings: RunSettings) -> dict:
     the report) atomically; a failure is recorded, not raised. `settings.submission` (from
     `bench submit`) is stored in the entry: whether it ran under the protocol and, if not, why.
     A cell that may not start (`random_init_refusal`) raises ValueError and writes nothing."""
-    method_cls, method_cfg, dataset = cell.build()
+    method_cls, method_cfg, dataset = cell.build(settings.budget.name)
     seed, device, results_dir = cell.seed, settings.torch_device, cell.results_in(settings)
     refusal = random_init_refusal(dataset, settings)
     if refusal:

@@ -1,14 +1,23 @@
 from dataclasses import dataclass
 
-from bench.method import SeededDecoder, SeededDecoderConfig, register_method
-from bench.losses.partial_ce import negative_evidence_loss
 from bench.dataset import IGNORE
+from bench.losses.partial_ce import negative_evidence_loss
+from bench.method import SeedConfig, SeededDecoder, SeededDecoderConfig, register_method
 
 
 @dataclass(frozen=True)
 class NEGEVConfig(SeededDecoderConfig):
-    fg_mode: str = "proportional"  # NEGEV draws foreground seeds with probability proportional to the CAM
-    erode_size: int = 0
+    """Defaults: NEGEV's released GlaS configuration (sbelharbi/negev README command, as its code
+    reads it): the probability seeder (`MBProbSeederSLNEGEV`) with its sizes from `sl_min` /
+    `sl_max` / `sl_ksz` (code defaults 10 / 10 / 1: the README's `sl_ng_*` values are never read):
+    10 foreground pixels drawn over the whole image with probability proportional to the CAM,
+    10 background pixels over the whole image weighted by 1 - the normalised CAM, undilated;
+    no CRF (`--crf_ng False`), no size term (`--max_sizepos_ng False`)."""
+
+    seed: SeedConfig = SeedConfig(n_fg=10, n_bg=10, roi="none", fg_mode="proportional", erode_size=0,
+                                  bg_fraction=1.0, bg_mode="complement", dilate=False)
+    crf_weight: float = 0.0
+    size_weight: float = 0.0
     negative_weight: float = 1.0  # full-image background loss on fully negative images (0 = off)
 
 
@@ -16,8 +25,8 @@ class NEGEVConfig(SeededDecoderConfig):
 class NEGEV(SeededDecoder):
     """NEGEV (Belharbi et al., MIDL 2022): F-CAM's decoder plus negative evidence: on fully negative
     images (the dataset's negative class) every pixel is trained as background; seeds and the
-    size constraint skip those images. On a dataset without a negative class it is F-CAM with
-    CAM-proportional seeds."""
+    size constraint skip those images. On a dataset without a negative class it is F-CAM's
+    decoder on the probability seeder's seeds."""
 
     name = "negev"
     Config = NEGEVConfig
@@ -33,8 +42,8 @@ class NEGEV(SeededDecoder):
     def size_mask(self, labels):
         return ~self.negative(labels)
 
-    def loss_terms(self, logits, seeds, images, labels):
-        terms = super().loss_terms(logits, seeds, images, labels)
+    def loss_terms(self, logits, seeds, images, labels, **batch):
+        terms = super().loss_terms(logits, seeds, images, labels, **batch)
         if self.cfg.negative_weight:
             terms["negative"] = self.cfg.negative_weight * negative_evidence_loss(logits.float(), self.negative(labels))
         return terms

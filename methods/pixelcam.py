@@ -5,9 +5,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.cams import minmax
 from bench.dataset import IGNORE
-from bench.method import Localization, Method, PostHocCAM, get_method, register_method, train
+from bench.losses.partial_ce import partial_cross_entropy
+from bench.method import (FineTuneConfig, Localization, Method, ScheduleChanges, build_cam_seeder, register_method,
+                          seed_cams, train)
 from bench.ops.pixel_classifier import pixel_classifier_probs, pixel_seed_ce
 from bench.ops.seed import SeedConfig, make_seeds
 
@@ -15,37 +16,36 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PixelCAMConfig:
-    # Which pretrained WSOL model makes the seeds: a registered post-hoc method read on the
-    # frozen shared stage-1 classifier (the paper pairs PixelCAM with several, e.g. LayerCAM).
-    seeder: str = "cam"
-    pixel_weight: float = 1.0  # lambda of the seeds' partial cross-entropy (the released script: 1)
-    # Seeds (docs/protocol.md, "Seeds"): Otsu ROI of the seeder's CAM, n_fg uniform foreground
-    # pixels from it, n_bg uniform background pixels among the lowest bg_fraction of the CAM,
-    # each dilated 3x3 on the feature grid, redrawn every minibatch. 5 + 5: the released script.
-    n_fg: int = 5
-    n_bg: int = 5
-    fg_mode: str = "uniform"
-    bg_fraction: float = 0.2
-    erode_size: int = 0
+class PixelCAMConfig(FineTuneConfig):
+    """Defaults: PixelCAM's released GlaS configuration (AlexisGuichemerreCode/PixelCAM README
+    command, run as `--method EnergyCAM --pixel_wise_classification True`)."""
+
+    # The CAM of the seeds: a registered post-hoc method read on the frozen shared stage-1
+    # classifier; the authors store their stage-1 LayerCAMs.
+    seed_cam: str = "layercam"
+    pixel_weight: float = 1.0  # lambda of the seeds' partial cross-entropy (`ece_lambda` 1)
+    # `MBProbNegAreaSeederSLPCAM`: 5 fg drawn over the whole image proportional to the CAM,
+    # 5 bg among exactly int(0.2 HW) lowest weighted by 1 - the normalised CAM (the pool size
+    # is read from `sl_ng_min_p`, 0.2), undilated (`sl_ksz` 1)
+    seed: SeedConfig = SeedConfig(n_fg=5, n_bg=5, roi="none", fg_mode="proportional", erode_size=0,
+                                  bg_fraction=0.2, bg_mode="complement", dilate=False)
+    # seeds drawn at the input's resolution and the pixel logits bilinearly upsampled to it
+    # (`low_res False`); False: seeds on the feature grid (the CAM resized to it)
+    full_resolution_seeds: bool = True
+    spatial_dropout: float = 0.1  # Dropout2d on the features before the image head only (0 = off)
     # Images of the dataset's fully negative class (if any) get no seeds: their CAM's Otsu
     # ROI would mark normal tissue as foreground.
     seeds_on_negative_images: bool = False
-    init_from_stage1: bool = True  # start the jointly trained network from the stage-1 classifier
-    # learning rate = budget.lr * lr_factor. The released script fine-tunes at 0.001, a tenth of
-    # the classifier learning rate of the papers' WSOL protocol (the `paper` budget's 0.01).
-    lr_factor: float = 0.1
+    schedule: ScheduleChanges = ScheduleChanges()  # the budget's schedule unless set (paper presets)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.pixel_weight < 0:
             raise ValueError(f"PixelCAMConfig: pixel_weight must be >= 0, got {self.pixel_weight}")
-        if self.lr_factor <= 0:
-            raise ValueError(f"PixelCAMConfig: lr_factor must be > 0, got {self.lr_factor}")
-        self.seed_config()  # validates the seeding fields
-
-    def seed_config(self) -> SeedConfig:
-        return SeedConfig(n_fg=self.n_fg, n_bg=self.n_bg, fg_mode=self.fg_mode, bg_fraction=self.bg_fraction,
-                          erode_size=self.erode_size, dilate=True)
+        if not 0.0 <= self.spatial_dropout < 1.0:
+            raise ValueError(f"PixelCAMConfig: spatial_dropout must be in [0, 1), got {self.spatial_dropout}")
+        if not isinstance(self.seed, SeedConfig):
+            raise ValueError(f"PixelCAMConfig: seed must be a SeedConfig, got {type(self.seed).__name__}")
 
 
 class PixelHead(nn.Module):
@@ -63,30 +63,24 @@ class PixelCAM(Method):
     """PixelCAM (Guichemerre et al., MIDL 2025): a foreground/background pixel classifier in the
     encoder's pixel-feature space (the CAM features), trained jointly with the image classifier.
 
-    Loss: cross-entropy of the image label + `pixel_weight` x partial cross-entropy of the pixel
-    classifier at seed pixels only (the `pixel_seed_ce` op), the seeds drawn every minibatch from
-    the CAMs of a frozen pretrained WSOL model (`seeder` on the stage-1 classifier). Output: the
-    pixel classifier's foreground probability on the feature grid (fused op) + image logits."""
+    Loss: cross-entropy of the image label (on spatially dropped-out features) + `pixel_weight`
+    x partial cross-entropy of the pixel classifier at seed pixels only, its logits bilinearly
+    upsampled to the input where the seeds are drawn (or, `full_resolution_seeds=False`, on the
+    feature grid: the fused `pixel_seed_ce` op), the seeds drawn every minibatch from the CAMs
+    of a frozen pretrained WSOL model (`seed_cam` on the stage-1 classifier). Output: the pixel
+    classifier's foreground probability on the feature grid (fused op) + image logits."""
 
     name = "pixelcam"
     needs = ("cam-classifier",)
     Config = PixelCAMConfig
-
-    def build_seeder(self, train_set, val, ctx) -> PostHocCAM:
-        seeder_cls = get_method(self.cfg.seeder)
-        if not issubclass(seeder_cls, PostHocCAM):
-            raise ValueError(f"pixelcam: seeder {self.cfg.seeder!r} is not a post-hoc CAM method of the stage-1 "
-                             f"classifier (a PostHocCAM subclass such as cam, gradcam or layercam)")
-        seeder = seeder_cls()
-        seeder.fit(train_set, val, ctx)
-        return seeder
+    # the authors' README command under the `paper` budget (bench.config.paper_preset): GlaS
+    # fold 0 at lr 0.001 (lr_factor 0.1 of the budget's 0.01), x0.1 every 5 epochs, 1000 epochs
+    paper_presets = {"glas": {"schedule.step_every": "5", "schedule.gamma": "0.1"}}
 
     def seeds(self, images: torch.Tensor, labels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """Seed labels [B,h,w] (1 fg, 0 bg, 255 ignore) on the feature grid."""
-        cams = self.seeder.localize(images, self.dataset.localization_classes(labels)).cams.detach().float()
-        if tuple(cams.shape[-2:]) != grid:
-            cams = F.interpolate(cams[:, None], size=grid, mode="bilinear", align_corners=False)[:, 0]
-        seeds = make_seeds(minmax(cams), self.cfg.seed_config(), self.generator)
+        """Seed labels [B,h,w] (1 fg, 0 bg, 255 ignore) on `grid` from the seed CAMs."""
+        cams = seed_cams(self.seeder, images, self.dataset.localization_classes(labels), grid)
+        seeds = make_seeds(cams, self.cfg.seed, self.generator)
         negative = getattr(self.dataset, "negative_class", None)
         if negative is not None and not self.cfg.seeds_on_negative_images:
             seeds[labels == negative] = IGNORE
@@ -100,15 +94,23 @@ class PixelCAM(Method):
 
     def training_loss(self, model, images, labels):
         out = model(images)
-        features = out.features.float()  # the op takes float32/64 (autocast may give bf16)
-        seeds = self.seeds(images, labels, tuple(features.shape[-2:]))
-        head = model.pixel_head
-        return {"cls_ce": F.cross_entropy(out.logits, labels),
-                "pixel_ce": self.cfg.pixel_weight * pixel_seed_ce(features, head.weight, head.bias, seeds)}
+        features = out.features.float()  # the ops take float32/64 (autocast may give bf16)
+        c, head = self.cfg, model.pixel_head
+        logits = out.logits
+        if c.spatial_dropout:  # the image head sees dropped-out features, the pixel head does not
+            logits = model.head(F.dropout2d(out.features, c.spatial_dropout, training=True))
+        if c.full_resolution_seeds:
+            seeds = self.seeds(images, labels, tuple(images.shape[-2:]))
+            pixel_logits = torch.einsum("kc,bchw->bkhw", head.weight, features) + head.bias.view(1, -1, 1, 1)
+            pixel_logits = F.interpolate(pixel_logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+            pixel = partial_cross_entropy(pixel_logits, seeds)
+        else:
+            pixel = pixel_seed_ce(features, head.weight, head.bias, self.seeds(images, labels, tuple(features.shape[-2:])))
+        return {"cls_ce": F.cross_entropy(logits, labels), "pixel_ce": c.pixel_weight * pixel}
 
     def fit(self, train_set, val, ctx) -> None:
         self.dataset = ctx.dataset
-        self.seeder = self.build_seeder(train_set, val, ctx)
+        self.seeder = build_cam_seeder(self.cfg.seed_cam, self.name, train_set, val, ctx, "best-loc")
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
         # ctx.classifier() returns a fresh copy of the cached stage-1 weights: the seeder keeps its own
         model = ctx.classifier() if self.cfg.init_from_stage1 else ctx.new_classifier()
@@ -117,7 +119,7 @@ class PixelCAM(Method):
         def on_epoch_end(epoch, terms):
             log.info("pixelcam epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in terms.items()))
 
-        schedule = ctx.budget.method_schedule(lr=ctx.budget.lr * self.cfg.lr_factor)
+        schedule = self.cfg.schedule.apply(ctx.budget.method_schedule(lr=ctx.budget.lr * self.cfg.lr_factor))
         train(model, model.parameters(), train_set, ctx.budget, ctx.device, schedule, ctx.seed,
               loss_fn=self.training_loss, desc="pixelcam", on_epoch_end=on_epoch_end)
         model.eval()

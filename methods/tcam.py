@@ -4,27 +4,21 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.method import SeededDecoder, SeededDecoderConfig, register_method
-from bench.cams import frame_cams, minmax, shot_pooled_cams
+from bench.cams import frame_cams, shot_pooled_cams
 from bench.dataset import ShotFrames, make_loader
+from bench.method import VideoSeededConfig, VideoSeededDecoder, register_method
 
 
 @dataclass(frozen=True)
-class TCAMConfig(SeededDecoderConfig):
-    """TCAM (Belharbi et al., WACV 2023): F-CAM's decoder, CRF and size constraint; seeds from CAM-TMP."""
+class TCAMConfig(VideoSeededConfig):
+    """TCAM (Belharbi et al., WACV 2023). Defaults: the tcam-wsol-video README command (YTOv1,
+    ResNet50): CAM seeds from CAM-TMP over the frame and 1 frame before, 1 fg among the top
+    int(0.6 |ROI|) of the Otsu ROI (all blobs) weighted by value + 1 bg among int(0.1 HW)
+    lowest, 3x3 dilation; CRF 2e-9 at scale 1; size 0.01 (`VideoSeededConfig`)."""
 
-    fg_mode: str = "top"  # foreground seeds among the top 60% of the ROI, weighted by the CAM value
-    erode_size: int = 0  # TCAM samples the top of the ROI: no erosion
-    # The papers' 2e-9 is set for 224x224 frames: the CRF sums over pixel pairs, and at synth-video's
-    # 64x64 frames (32x32 after crf_scale) its gradient measured ~1e-4 of the size term's, i.e. no CRF
-    # at all (decoder maps bloated to round blobs, CorLoc below CAM). 2e-5 restores its role there;
-    # on YTO at 224x224 use the papers' value: --set tcam.crf_weight=2e-9 (likewise colocam).
-    crf_weight: float = 2e-5
-    crf_reference_side: int | None = None  # the weight above as given (measured on synth-video)
-    bg_fraction: float = 0.1  # as measured with the weight above
-    n_frames: int = 1  # CAM-TMP window: previous frames of the same shot pooled with the frame (the paper's best)
+    n_frames: int = 1  # CAM-TMP window: previous frames of the same shot pooled with the frame
     direction: str = "before"
-    reweight_h: float | None = None  # optional exp(h*cam)/max re-weighting before the max (off in the paper's best)
+    reweight_h: float | None = None  # optional exp(h*cam)/max re-weighting before the max (`sl_tc_knn_t` 0: off)
 
 
 class _FlippedDraws(torch.utils.data.Dataset):
@@ -47,10 +41,11 @@ class _FlippedDraws(torch.utils.data.Dataset):
 
 
 @register_method
-class TCAM(SeededDecoder):
-    """TCAM: seeds from CAM-TMP, the element-wise max over time of the stored stage-1 CAMs of the
-    frame and its `n_frames` previous frames *of the same shot* (`bench.cams.temporal`), then
-    Otsu ROI, top-60% value-weighted foreground and lowest-CAM background draws; the rest is F-CAM.
+class TCAM(VideoSeededDecoder):
+    """TCAM: seeds from CAM-TMP, the element-wise max over time of the stored stage-1 seed CAMs
+    (`seed_cam`, min-max normalised per frame) of the frame and its `n_frames` previous frames
+    *of the same shot* (`bench.cams.temporal`), then Otsu ROI, top-60% value-weighted
+    foreground and lowest-CAM background draws; the rest is F-CAM's.
 
     The per-frame CAMs are computed once per fit, at the classifier's CAM resolution, on the
     frames without augmentation; training reads the same frames and redoes only the random
@@ -58,21 +53,16 @@ class TCAM(SeededDecoder):
     not applied: a stored map would have to be cropped with it)."""
 
     name = "tcam"
-    tasks = ("video",)
     Config = TCAMConfig
     batch_keys = ("index", "flip")
 
     def train_loader(self, train_set, ctx):
-        frames = getattr(train_set, "frames", None)
-        if frames is None or not hasattr(frames, "shot_ids"):
-            raise TypeError(f"tcam trains on the frames of shots (bench.data.video.ShotFrames); got "
-                            f"{type(train_set).__name__}")
+        frames = self.shot_frames(train_set)
         view = frames.without_augmentation()
-        net, loc = self.net, self.dataset.localization_classes
+        seeder, loc = self.seeder, self.dataset.localization_classes
 
         def cam_fn(images, labels):
-            features, _, _ = net.encode(images)
-            return torch.relu(net.classifier.cam(features.float(), loc(labels)))
+            return seeder.localize(images, loc(labels)).cams
 
         cams = frame_cams(cam_fn, view, ctx.budget.batch_size, ctx.device)
         # pooled once for every frame; kept at CAM resolution (small) and resized per batch
@@ -89,4 +79,4 @@ class TCAM(SeededDecoder):
         maps = F.interpolate(maps[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         if flip is not None:
             maps = torch.where(flip.bool()[:, None, None], maps.flip(-1), maps)
-        return minmax(maps)
+        return maps

@@ -2,6 +2,7 @@
 configured seeder, fully negative images get none; a fit/localize smoke through a fake ctx."""
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -10,7 +11,8 @@ import torch
 from bench.config import make_budget
 from bench.method import Localization
 from bench.models import build_classifier
-from bench.ops.seed import IGNORE
+from bench.method import build_cam_seeder
+from bench.ops.seed import IGNORE, SeedConfig
 from bench.registry import METHODS, REPO_ROOT, load_plugin_file
 
 
@@ -20,8 +22,11 @@ def method_cls(name):
 
 
 def make(**cfg):
+    """PixelCAM with `cfg` set; keys of `SeedConfig` go into its nested `seed`."""
     cls = method_cls("pixelcam")
-    return cls(cls.Config(**cfg))
+    seed_keys = {f.name for f in dataclasses.fields(SeedConfig)}
+    seed = dataclasses.replace(cls.Config().seed, **{k: v for k, v in cfg.items() if k in seed_keys})
+    return cls(cls.Config(seed=seed, **{k: v for k, v in cfg.items() if k not in seed_keys}))
 
 
 class FixedSeeder:
@@ -46,7 +51,8 @@ def prepared(method, negative_class=None):
 
 def test_the_pixel_loss_reads_the_features_only_at_seed_pixels():
     torch.manual_seed(0)
-    pixelcam = make(n_fg=2, n_bg=2)
+    # seeds on the feature grid (the fused op), no dropout: the two passes below differ only by the edit
+    pixelcam = make(n_fg=2, n_bg=2, full_resolution_seeds=False, spatial_dropout=0.0)
     model = prepared(pixelcam).train()
     images, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
 
@@ -82,7 +88,7 @@ def test_the_pixel_loss_reads_the_features_only_at_seed_pixels():
 
 
 def test_seeds_follow_the_seeder_cam_on_the_feature_grid():
-    pixelcam = make(n_fg=3, n_bg=3, bg_fraction=0.5)
+    pixelcam = make(n_fg=3, n_bg=3, bg_fraction=0.5, roi="otsu", fg_mode="uniform", bg_mode="uniform", dilate=True)
     prepared(pixelcam)
     seeds = pixelcam.seeds(torch.rand(2, 3, 32, 32), torch.tensor([0, 1]), (8, 8))
     assert seeds.shape == (2, 8, 8)
@@ -107,11 +113,12 @@ def test_fully_negative_images_get_no_seeds_unless_asked():
 
 def test_the_seeder_is_configurable_and_must_be_post_hoc():
     ctx = tiny_ctx()
-    seeder = make(seeder="layercam").build_seeder([], [], ctx)
-    assert type(seeder).name == "layercam"
+    assert make().cfg.seed_cam == "layercam"  # the authors store their stage-1 LayerCAMs
+    seeder = build_cam_seeder(make(seed_cam="gradcam").cfg.seed_cam, "pixelcam", [], [], ctx)
+    assert type(seeder).name == "gradcam"
     method_cls("has")
     with pytest.raises(ValueError, match="not a post-hoc CAM method"):
-        make(seeder="has").build_seeder([], [], ctx)
+        build_cam_seeder(make(seed_cam="has").cfg.seed_cam, "pixelcam", [], [], ctx)
     with pytest.raises(ValueError, match="fg_mode"):
         make(fg_mode="nope")
 

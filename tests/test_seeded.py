@@ -1,4 +1,5 @@
 """F-CAM / NEGEV: the decoder on a frozen encoder, the seed losses, NEGEV's negative evidence."""
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 from bench.method.seeded import DecoderNet
 from bench.losses.partial_ce import negative_evidence_loss, partial_cross_entropy
 from bench.models import build_classifier
-from bench.ops.seed import IGNORE
+from bench.ops.seed import IGNORE, SeedConfig
 from bench.registry import get_method
 
 
@@ -41,7 +42,13 @@ def test_decoder_stages_sit_at_the_papers_resolutions_on_resnet50():
     torch.manual_seed(0)
     net = DecoderNet(build_classifier("resnet50", 3), (256, 128, 64, 32, 16), 64)
     assert _stage_shapes(net, 64) == [(256, 8, 8), (128, 8, 8), (64, 16, 16), (32, 32, 32), (16, 64, 64)]
-    assert [stage[0].in_channels for stage in net.decoder.stages] == [256, 256, 128 + 256, 64 + 64, 32]
+    # the first two stages concatenate layer3 (1024) and layer2 (512), the outputs at 1/8 (smp U-Net)
+    assert net.tap.feature_skip_channels == [1024, 512]
+    assert [stage[0].in_channels for stage in net.decoder.stages] == [2048 + 1024, 256 + 512, 128 + 256, 64 + 64, 32]
+    assert net.decoder.head.kernel_size == (3, 3)
+    cheap = DecoderNet(build_classifier("resnet50", 3), (256, 128, 64, 32, 16), 64, feature_skips="reduce")
+    assert [stage[0].in_channels for stage in cheap.decoder.stages] == [256, 256, 128 + 256, 64 + 64, 32]
+    assert _stage_shapes(cheap, 64) == _stage_shapes(net, 64)
 
 
 def test_decoder_with_fewer_widths_than_levels_uses_the_finest():
@@ -86,8 +93,11 @@ def test_negative_evidence_is_zero_without_negatives_and_pushes_negatives_to_bac
 
 
 def _method(name, **cfg):
+    """The method with `cfg` set; keys of `SeedConfig` go into its nested `seed`."""
     cls = get_method(name)
-    method = cls(cls.Config(**cfg))
+    seed_keys = {f.name for f in dataclasses.fields(SeedConfig)}
+    seed = dataclasses.replace(cls.Config().seed, **{k: v for k, v in cfg.items() if k in seed_keys})
+    method = cls(cls.Config(seed=seed, **{k: v for k, v in cfg.items() if k not in seed_keys}))
     method.dataset = SimpleNamespace(negative_class=0, localization_classes=lambda labels: torch.ones_like(labels))
     method.generator = torch.Generator().manual_seed(0)
     method.t = 1.0
@@ -127,14 +137,19 @@ def test_fcam_seeds_come_from_the_frozen_classifier_cam():
     torch.manual_seed(0)
     method = _method("fcam", erode_size=0, n_fg=3, n_bg=3)
     net = DecoderNet(build_classifier("small-cnn", 2), (8, 4), 32)
+    method.seeder = get_method("cam")()
+    method.seeder.model = net.classifier
     images, labels = torch.rand(2, 3, 32, 32), torch.tensor([1, 0])
     _, features, _ = net(images)
     cams = method.cam_maps(net, features, images, labels)
-    # the localization class (1 for both images here, as on a dataset with a negative class)
-    cam = torch.relu(net.classifier.cam(features, torch.tensor([1, 1])))
-    cam = torch.nn.functional.interpolate(cam[:, None], size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
+    # the localization class (1 for both images here, as on a dataset with a negative class);
+    # the authors' CAM seeds: no ReLU, min-max at the CAM's resolution, then bilinear upsampling
+    cam = net.classifier.cam(features, torch.tensor([1, 1]))
+    assert (cam < 0).any()  # else the test could not tell a ReLU
     lo, hi = cam.amin(dim=(1, 2), keepdim=True), cam.amax(dim=(1, 2), keepdim=True)
-    torch.testing.assert_close(cams, (cam - lo) / (hi - lo))
+    cam = torch.nn.functional.interpolate(((cam - lo) / (hi - lo))[:, None], size=(32, 32), mode="bilinear",
+                                          align_corners=False)[:, 0]
+    torch.testing.assert_close(cams, cam)
     seeds = method.seed_maps(cams, images, labels)
     q = (cams * 255).floor()
     assert (seeds == 1).any() and (seeds == 0).any()
@@ -148,6 +163,7 @@ def test_crf_weight_keeps_the_papers_value_at_224_and_grows_with_fewer_pixel_pai
     full = _method("fcam", crf_scale=1.0)
     assert full.crf_grid_weight((224, 224)) == pytest.approx(2e-9)
     assert full.crf_grid_weight((112, 112)) == pytest.approx(2e-9 * 16)  # 4x fewer pixels, 16x fewer pairs
-    half = _method("fcam")  # crf_scale 0.5: a 224 input runs the CRF on 112x112
+    assert _method("fcam").cfg.crf_scale == 1.0  # fcam-wsol README: --crf_scale 1.0
+    half = _method("fcam", crf_scale=0.5)  # a 224 input runs the CRF on 112x112
     assert half.crf_grid_weight((224, 224)) == pytest.approx(2e-9 * 16)
     assert _method("fcam", crf_reference_side=None).crf_grid_weight((96, 96)) == 2e-9

@@ -2,13 +2,14 @@
 batches, the joint colour CRF linking a clip's frames; the video-step profile at small size."""
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from bench.dataset import ShotFrames, clip_lengths
-from bench.ops.seed import IGNORE
+from bench.ops.seed import IGNORE, SeedConfig
 from bench.registry import get_method
 
 SIDE = 16
@@ -35,16 +36,15 @@ class _Frames(torch.utils.data.Dataset):
         return {"image": torch.full((3, SIDE, SIDE), i / 100), "label": 1, "index": i, "shot": int(self.shot_ids[i])}
 
 
-class _Net:
-    """A frozen 'classifier' whose CAM of frame i is `maps[i]` (features = the map itself)."""
+class _Seeder:
+    """A seed CAM method whose CAM of frame i is `maps[i]`."""
 
     def __init__(self, maps):
         self.maps = maps
-        self.classifier = SimpleNamespace(cam=lambda features, classes: features)
 
-    def encode(self, images):
+    def localize(self, images, classes):
         index = (images[:, 0, 0, 0] * 100).round().long()
-        return self.maps[index], None, None
+        return SimpleNamespace(cams=self.maps[index])
 
 
 def _ctx(batch_size=4):
@@ -53,8 +53,11 @@ def _ctx(batch_size=4):
 
 
 def _method(name, **cfg):
+    """The method with `cfg` set; keys of `SeedConfig` go into its nested `seed`."""
     cls = get_method(name)
-    method = cls(cls.Config(**cfg))
+    seed_keys = {f.name for f in dataclasses.fields(SeedConfig)}
+    seed = dataclasses.replace(cls.Config().seed, **{k: v for k, v in cfg.items() if k in seed_keys})
+    method = cls(cls.Config(seed=seed, **{k: v for k, v in cfg.items() if k not in seed_keys}))
     method.dataset = SimpleNamespace(localization_classes=lambda labels: labels, negative_class=None)
     method.generator = torch.Generator().manual_seed(0)
     method.t = 1.0
@@ -72,7 +75,7 @@ def test_tcam_seeds_come_from_the_previous_frame_of_the_same_shot_only():
     maps = torch.stack([_blob(1, 1), torch.zeros(SIDE, SIDE), _blob(10, 10), torch.zeros(SIDE, SIDE), _blob(5, 5)])
     frames = _Frames([3, 2])
     method = _method("tcam", n_fg=4, n_bg=4)
-    method.net = _Net(maps)
+    method.seeder = _Seeder(maps)
     loader = method.train_loader(ShotFrames(frames), _ctx())
     assert method.pooled.shape == (5, SIDE, SIDE)
     batch = next(iter(loader))
@@ -102,7 +105,7 @@ def test_tcam_needs_the_frame_index():
 
 def test_colocam_trains_on_clips_of_one_shot():
     frames = _Frames([5, 3, 6, 4])
-    method = _method("colocam", n_frames=3)
+    method = _method("colocam", n_frames=3, frame_limit=1.0)
     loader = method.train_loader(ShotFrames(frames, draws_per_shot=6), _ctx(batch_size=6))
     seen = 0
     for batch in loader:
@@ -113,6 +116,31 @@ def test_colocam_trains_on_clips_of_one_shot():
         seen += len(batch["index"])
     # an epoch sees about as many frames as the frame-wise one (6 draws x 4 shots): 2 passes of 4 clips of 3
     assert seen == 24
+
+
+def test_colocam_clips_come_from_the_central_frames_of_each_shot():
+    from methods.colocam import central_frames
+    # colo-cam `get_allowed_int_idx_frames` with sample_fr_limit 0.6
+    assert central_frames([7, 8], 0.6) == [7, 8] and central_frames([0, 1, 2], 0.6) == [1]
+    assert central_frames(list(range(10)), 0.6) == [2, 3, 4, 5, 6, 7, 8]  # p = 6, half 3, centre 5
+    assert central_frames(list(range(5)), 0.6) == [1, 2, 3] and central_frames(list(range(5)), 1.0) == list(range(5))
+    frames = _Frames([10, 10])
+    method = _method("colocam")
+    assert (method.cfg.n_frames, method.cfg.frame_limit) == (2, 0.6)
+    loader = method.train_loader(ShotFrames(frames, draws_per_shot=2), _ctx(batch_size=4))
+    drawn = {int(i) for _ in range(20) for batch in loader for i in batch["index"]}
+    assert drawn and drawn <= set(range(2, 9)) | set(range(12, 19))
+
+
+def test_colocam_joint_term_is_normalised_per_clip_then_averaged():
+    torch.manual_seed(0)
+    method = _method("colocam")
+    images = torch.rand(4, 3, SIDE, SIDE) * torch.tensor([1.0, 1.0, 0.2, 0.2]).view(4, 1, 1, 1)
+    logits = torch.randn(4, 2, SIDE, SIDE) * torch.tensor([1.0, 1.0, 3.0, 3.0]).view(4, 1, 1, 1)
+    alone = _joint_grad(method, logits[:2], images[:2], torch.tensor([0, 0]))
+    both = _joint_grad(method, logits, images, torch.tensor([0, 0, 1, 1]))
+    # colo-cam: lambda / c * sum_c E_c / |E_c|: clip 1's gradient is halved, whatever clip 2's energy
+    torch.testing.assert_close(both[:2], alone / 2)
 
 
 def _joint_grad(method, logits, images, shot):

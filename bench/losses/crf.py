@@ -39,19 +39,22 @@ class _LatticeEnergy(torch.autograd.Function):
         with torch.no_grad():
             sym = lattice_filter_op(features, values, valid, False, False, True)
         ctx.save_for_backward(sym)
-        return 0.5 * (values * sym).sum()
+        return 0.5 * (values * sym).sum((1, 2))  # per image [B]
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # sym is saved as a constant: no second derivative
     def backward(ctx, grad):
         (sym,) = ctx.saved_tensors
-        return None, grad * sym, None
+        return None, grad.view(-1, 1, 1) * sym, None
 
 
-def lattice_energy(features: Tensor, values: Tensor, valid: Optional[Tensor] = None) -> Tensor:
-    """sum over images and channels of v . (W v) for features [B, d, N], values [B, K, N]:
-    differentiable wrt `values` (exactly: (W + W^T) v), features constant."""
-    return _LatticeEnergy.apply(features, values.contiguous(), valid)
+def lattice_energy(features: Tensor, values: Tensor, valid: Optional[Tensor] = None,
+                   per_image: bool = False) -> Tensor:
+    """sum over images and channels of v . (W v) for features [B, d, N], values [B, K, N]
+    (`per_image`: each image's sum, [B]): differentiable wrt `values` (exactly: (W + W^T) v),
+    features constant."""
+    energy = _LatticeEnergy.apply(features, values.contiguous(), valid)
+    return energy if per_image else energy.sum()
 
 
 def crf_features(images: Tensor, sigma_rgb: float, sigma_xy: float, dtype: torch.dtype) -> Tensor:
@@ -122,6 +125,7 @@ def multiframe_color_crf_loss(
     sigma_rgb: float = 15.0,
     weight: float = 2e-9,
     roi: Optional[Tensor] = None,
+    reduction: str = "mean",
 ) -> Tensor:
     """Colour-only CRF across the frames of each shot (CoLo-CAM): one lattice per shot over all
     pixels of its frames, features (r, g, b) / sigma_rgb, no (x, y).
@@ -131,8 +135,11 @@ def multiframe_color_crf_loss(
     probs [F, K, H, W] with `lengths` (frames per shot, consecutive, summing to F). Shots of
     different lengths are batched with a validity mask: no Python loop over shots.
     `roi` (optional) is [S, n, H, W] or [F, H, W] like the frames.
-    Returns -weight / S * sum_s sum_k S_sk^T W_s S_sk.
+    Returns -weight / S * sum_s sum_k S_sk^T W_s S_sk (`reduction="none"`: each shot's
+    -weight * sum_k S_sk^T W_s S_sk, [S], for per-shot normalisation as in CoLo-CAM).
     """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"multiframe_color_crf_loss: reduction must be 'mean' or 'none', got {reduction!r}")
     if frames.dim() == 4:
         if lengths is None:
             raise ValueError("multiframe_color_crf_loss: flat frames [F, 3, H, W] need `lengths`")
@@ -170,4 +177,5 @@ def multiframe_color_crf_loss(
     seg = seg * valid.view(S, 1, -1).to(dtype)
     if roi is not None:
         seg = seg * roi.reshape(S, 1, n * H * W).to(dtype)
-    return -weight * lattice_energy(feat.contiguous(), seg, valid) / S
+    energy = lattice_energy(feat.contiguous(), seg, valid, per_image=True)
+    return -weight * energy if reduction == "none" else -weight * energy.sum() / S

@@ -63,8 +63,10 @@ class PostHocCAM(Method):
     # CPU always runs float32, so CPU results do not depend on this.
     cuda_trunk_dtype: torch.dtype | None = torch.bfloat16
 
+    stage1_checkpoint = "last"  # which stage-1 checkpoint it reads (a seeder: its method's)
+
     def fit(self, train, val, ctx) -> None:
-        self.model = ctx.classifier()
+        self.model = ctx.classifier(self.stage1_checkpoint)
         self.model.eval()
         if self.cuda_trunk_dtype is not None and next(self.model.parameters()).device.type == "cuda":
             # NHWC weights: the layout in which bfloat16 convolutions run on the tensor cores

@@ -2,17 +2,19 @@
 (F-CAM, NEGEV; the video methods TCAM and CoLo-CAM build on it too).
 
 Every training step, on the device:
-1. the frozen stage-1 classifier gives CAM features, skip features and the CAM of each image's
-   localization class (`dataset.localization_classes`), min-max normalised and resized to the
-   input;
-2. `seed_maps` turns those maps into seed labels (Otsu ROI, foreground / background draws,
-   3x3 dilation; `bench.ops.seed`), redrawn every minibatch;
+1. the frozen stage-1 classifier gives CAM features and skip features; the seed CAM
+   (`seed_cam`, a registered post-hoc CAM method read on the same stage-1 classifier: the
+   authors' CAM, without ReLU, or LayerCAM) of each image's localization class
+   (`dataset.localization_classes`) is min-max normalised at its own resolution, then resized
+   to the input (bilinear), as the authors' extractors do;
+2. `seed_maps` turns those maps into seed labels (`cfg.seed`, a `bench.ops.seed.SeedConfig`:
+   ROI, foreground / background draws, dilation), redrawn every minibatch;
 3. the decoder's 2-channel output is trained with the terms of `loss_terms`: partial
    cross-entropy on the seeds, the dense CRF loss, the log-barrier size constraint, plus
    whatever a subclass adds. A term whose weight is 0 is not computed (ablation switch).
 
 Inference: the decoder's foreground probability at input resolution, and the frozen
-classifier's logits. Subclasses override `seed_maps`, `loss_terms` or `seed_config`; a method
+classifier's logits. Subclasses override `cam_maps`, `seed_maps` or `loss_terms`; a method
 whose hooks need more of a training batch than its images and labels (video: the frame index,
 the shot id) names those entries in `batch_keys` (they reach `cam_maps` and `loss_terms` as
 keywords), and `train_loader` can replace the shuffled loader (video: batches of clips)."""
@@ -29,49 +31,84 @@ from bench.cams.normalize import minmax
 from bench.losses.crf import crf_loss
 from bench.losses.log_barrier import LogBarrierSchedule, size_constraint
 from bench.losses.partial_ce import partial_cross_entropy
-from bench.method.base import Localization, Method
+from bench.config import ScheduleChanges
+from bench.method.base import Localization, Method, PostHocCAM
 from bench.models.decoder import EncoderTap, UNetDecoder
 from bench.ops.seed import SeedConfig, make_seeds
 from bench.method.training import train
+from bench.registry import get_method
 
 log = logging.getLogger(__name__)
 
 
+def build_cam_seeder(name: str, owner: str, train_set, val, ctx, checkpoint: str = "last") -> PostHocCAM:
+    """The post-hoc CAM method `name` fitted on the cell's stage-1 classifier (its `checkpoint`,
+    its own copy): the CAM that feeds a method's seeds."""
+    cls = get_method(name)
+    if not issubclass(cls, PostHocCAM):
+        raise ValueError(f"{owner}: seed CAM {name!r} is not a post-hoc CAM method of the stage-1 classifier "
+                         f"(a PostHocCAM such as cam, gradcam or layercam)")
+    seeder = cls()
+    seeder.stage1_checkpoint = checkpoint
+    seeder.fit(train_set, val, ctx)
+    return seeder
+
+
+def seed_cams(seeder: PostHocCAM, images, classes, size=None) -> torch.Tensor:
+    """The seeder's CAMs [B,h,w] of `classes`, min-max normalised at the CAM's resolution, then
+    bilinearly resized to `size` (the authors' order: normalise, then upsample)."""
+    cams = minmax(seeder.localize(images, classes).cams.detach().float())
+    if size is not None and tuple(cams.shape[-2:]) != tuple(size):
+        cams = F.interpolate(cams[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    return cams
+
+
 @dataclass(frozen=True)
 class SeededDecoderConfig:
-    """Defaults: F-CAM (Belharbi et al., WACV 2022) as summarised in docs/protocol.md ("Seeds")."""
+    """Defaults: F-CAM's released configuration (fcam-wsol README command, CUB, ResNet50);
+    docs/fidelity.md lists each choice with its reference."""
 
     decoder_widths: tuple[int, ...] = (256, 128, 64, 32, 16)
-    n_fg: int = 1  # foreground seeds per image (before 3x3 dilation)
-    n_bg: int = 1
-    fg_mode: str = "uniform"  # uniform | top | proportional (bench.ops.seed)
-    erode_size: int = 3  # erosion of the Otsu ROI before foreground draws (0 = none)
-    bg_fraction: float = 0.2  # background seeds among the lowest 20% CAM values (the papers' 10-20%)
+    # "concat": the smp U-Net of the authors' code (encoder outputs concatenated at the features'
+    # resolution, nearest resizing, 3x3 head); "reduce": a cheaper 1x1 reduction instead
+    decoder_skips: str = "concat"
+    # the CAM of the seeds: a registered post-hoc CAM method on the stage-1 classifier
+    seed_cam: str = "cam"
+    # Otsu ROI eroded 11x11 once (restored if it erodes away), 1 uniform fg pixel in it, 1 uniform
+    # bg pixel among exactly int(0.1 HW) lowest, both dilated 3x3 (fcam-wsol GetFastSeederSLFCAMS)
+    seed: SeedConfig = SeedConfig(n_fg=1, n_bg=1, roi="otsu", fg_mode="uniform", erode_size=11,
+                                  erode_revert=True, bg_fraction=0.1, dilate=True)
     seed_weight: float = 1.0  # partial cross-entropy
-    crf_weight: float = 2e-9  # dense CRF (0 = off), the papers' value for a 224x224 grid
-    # The CRF loss sums over pixel pairs, so its size goes with the square of the grid's pixel
-    # count: the weight is multiplied by (side^2 / (h*w))^2 for the h x w grid the CRF runs on
-    # (after crf_scale), which keeps the papers' weight on their 224x224 images and gives the
-    # term the same size on smaller ones (at 2e-9 it was ~1e-3 of the seed loss on 96-px images).
-    # None: the weight as given.
+    crf_weight: float = 2e-9  # dense CRF (0 = off), the authors' value for a 224x224 grid
+    # The CRF loss sums over pixel pairs (sigma_xy 100 spans a 224 image), so its size goes
+    # with the square of the grid's pixel count: the weight is multiplied by
+    # (side^2 / (h*w))^2 for the h x w grid the CRF runs on (after crf_scale). On 224x224
+    # inputs at scale 1 that factor is 1 (the authors' weight as is); smaller images get a
+    # term of the same relative size. None: the weight as given on every grid.
     crf_reference_side: int | None = 224
     crf_sigma_rgb: float = 15.0
     crf_sigma_xy: float = 100.0
-    crf_scale: float = 0.5  # down-scaling of image and maps for the CRF (1 = full resolution)
-    size_weight: float = 1.0  # log-barrier size constraint (0 = off)
+    crf_scale: float = 1.0  # down-scaling of image and maps for the CRF (1 = full resolution)
+    size_weight: float = 0.1  # log-barrier size constraint (0 = off)
     lr: float | None = None  # decoder learning rate (None: the budget's, `Budget.method_schedule`)
+    schedule: ScheduleChanges = ScheduleChanges()  # the budget's schedule unless set (paper presets)
+
+    def __post_init__(self):
+        if not isinstance(self.seed, SeedConfig):
+            raise ValueError(f"{type(self).__name__}: seed must be a SeedConfig, got {type(self.seed).__name__}")
 
 
 class DecoderNet(nn.Module):
     """Frozen classifier + trainable decoder; `train()` never unfreezes the classifier's BN."""
 
-    def __init__(self, classifier, decoder_widths, probe_size: int):
+    def __init__(self, classifier, decoder_widths, probe_size: int, feature_skips: str = "concat"):
         super().__init__()
         self.classifier = classifier.requires_grad_(False).eval()
         self.tap = EncoderTap(classifier, probe_size)
         scale = getattr(classifier.backbone, "decoder_width_scale", 1.0)
         widths = tuple(max(4, round(w * scale)) for w in decoder_widths)
-        self.decoder = UNetDecoder(self.tap.feature_channels, self.tap.level_skip_channels, widths)
+        self.decoder = UNetDecoder(self.tap.feature_channels, self.tap.level_skip_channels, widths,
+                                   feature_skip_channels=self.tap.feature_skip_channels, feature_skips=feature_skips)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -92,6 +129,10 @@ class DecoderNet(nn.Module):
 class SeededDecoder(Method):
     needs = ("cam-classifier",)
     Config = SeededDecoderConfig
+    # {dataset name: {setting: value}}: the authors' released configuration of a (method,
+    # dataset) where it differs from the config's defaults (which are the authors' own), applied
+    # under the `paper` budget (`bench.config.paper_preset`) and recorded in the cell's config
+    paper_presets: dict[str, dict[str, str]] = {}
     batch_keys: tuple[str, ...] = ()  # training-batch entries passed to cam_maps / loss_terms as keywords
     # Model selection (docs/protocol.md): the authors keep the decoder's epoch with the best
     # validation localization, and read the stage-1 classifier's best-localization checkpoint
@@ -104,21 +145,13 @@ class SeededDecoder(Method):
         shuffled loader over `train_set`."""
         return None
 
-    def seed_config(self) -> SeedConfig:
-        c = self.cfg
-        return SeedConfig(n_fg=c.n_fg, n_bg=c.n_bg, fg_mode=c.fg_mode, erode_size=c.erode_size,
-                          bg_fraction=c.bg_fraction)
-
     def cam_maps(self, net: DecoderNet, features, images, labels, **batch) -> torch.Tensor:
-        """Normalised CAMs [B,H,W] at input resolution of the frozen classifier."""
-        classes = self.dataset.localization_classes(labels)
-        cams = torch.relu(net.classifier.cam(features.float(), classes))
-        cams = F.interpolate(cams[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        return minmax(cams)
+        """Normalised seed CAMs [B,H,W] at input resolution (`seed_cams` of `cfg.seed_cam`)."""
+        return seed_cams(self.seeder, images, self.dataset.localization_classes(labels), images.shape[-2:])
 
     def seed_maps(self, cams: torch.Tensor, images, labels) -> torch.Tensor:
         """Seed labels [B,H,W] (1 fg, 0 bg, 255 ignore) from normalised CAMs."""
-        return make_seeds(cams.clamp(0, 1), self.seed_config(), self.generator)
+        return make_seeds(cams.clamp(0, 1), self.cfg.seed, self.generator)
 
     def loss_terms(self, logits: torch.Tensor, seeds, images, labels, **batch) -> dict[str, torch.Tensor]:
         c = self.cfg
@@ -158,7 +191,9 @@ class SeededDecoder(Method):
         schedule = LogBarrierSchedule()
         self.t = schedule.t_at(0)
         probe = train_set[0]["image"].shape[-1]
-        self.net = DecoderNet(ctx.classifier(self.stage1_checkpoint), self.cfg.decoder_widths, probe).to(ctx.device)
+        self.net = DecoderNet(ctx.classifier(self.stage1_checkpoint), self.cfg.decoder_widths, probe,
+                              self.cfg.decoder_skips).to(ctx.device)
+        self.seeder = build_cam_seeder(self.cfg.seed_cam, self.name, train_set, val, ctx, self.stage1_checkpoint)
 
         def on_epoch_end(epoch, terms):
             log.info("%s epoch %d: %s (log-barrier t=%.3f)", self.name, epoch,
@@ -166,7 +201,7 @@ class SeededDecoder(Method):
             self.t = schedule.t_at(epoch + 1)
 
         train(self.net, self.net.decoder.parameters(), train_set, ctx.budget, ctx.device,
-              ctx.budget.method_schedule(lr=self.cfg.lr), ctx.seed, loss_fn=self.training_loss,
+              self.cfg.schedule.apply(ctx.budget.method_schedule(lr=self.cfg.lr)), ctx.seed, loss_fn=self.training_loss,
               desc=f"{self.name} decoder", on_epoch_end=on_epoch_end, loader=self.train_loader(train_set, ctx),
               batch_keys=self.batch_keys, selector=ctx.selector(self))
         self.net.eval()
@@ -175,3 +210,30 @@ class SeededDecoder(Method):
         with torch.no_grad():
             logits, _, cls_logits = self.net(images)
         return Localization(logits.float().softmax(1)[:, 1], cls_logits.float())
+
+
+@dataclass(frozen=True)
+class VideoSeededConfig(SeededDecoderConfig):
+    """What TCAM and CoLo-CAM share (the same authors' pipeline, tcam-wsol-video / colo-cam
+    README commands): seeds `seed_weighted` (foreground among the top of the Otsu ROI, weighted
+    by the CAM; background uniform among exactly int(0.1 HW) lowest, no erosion, 3x3 dilation),
+    per-frame CRF 2e-9 at scale 1, size constraint 0.01."""
+
+    seed: SeedConfig = SeedConfig(n_fg=1, n_bg=1, roi="otsu", fg_mode="top", top_fraction=0.6, erode_size=0,
+                                  bg_fraction=0.1, dilate=True)
+    size_weight: float = 0.01
+
+
+class VideoSeededDecoder(SeededDecoder):
+    """A seeded decoder trained on the frames of shots (`VideoFrames` train splits)."""
+
+    tasks = ("video",)
+    Config = VideoSeededConfig
+
+    def shot_frames(self, train_set):
+        """The `VideoFrames` of a shot-wise train split (a `ShotFrames`), or a clear error."""
+        frames = getattr(train_set, "frames", None)
+        if frames is None or not hasattr(frames, "shot_frames"):
+            raise TypeError(f"{self.name} trains on the frames of shots (bench.dataset.video.ShotFrames); got "
+                            f"{type(train_set).__name__}")
+        return frames

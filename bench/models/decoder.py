@@ -4,7 +4,9 @@
 with a hook on every module (nn.Sequential containers expanded) records each output's spatial
 size; for every resolution finer than the CAM features, the last module producing it is tapped
 (e.g. ResNet50: the stem's ReLU at 1/2, layer1 at 1/4; the features come from layer4 at 1/8).
-Only those modules keep a hook afterwards.
+At the features' own resolution the tap also keeps, deepest first, the last output of each
+other channel width (ResNet50: layer3's 1024, then layer2's 512): the skips the papers' U-Net
+concatenates in its first stages. Only those modules keep a hook afterwards.
 
 `UNetDecoder` places its stages at the resolutions of the papers' U-Net (the smp-style decoder
 of the F-CAM / TCAM / CoLo-CAM code): the last stage at the input's resolution, each earlier
@@ -57,7 +59,14 @@ class EncoderTap:
         for mod, size, channels in seen:
             last_at[size] = (mod, channels)
         finer = sorted((s for s in last_at if s[0] > feat_size[0]), key=lambda s: s[0])  # coarse -> fine
-        self.modules = [last_at[s][0] for s in finer]
+        # at the features' resolution: the last module of each other width, deepest first
+        same, widths_seen = [], {feats.shape[1]}
+        for mod, size, channels in reversed(seen):
+            if size == feat_size and channels not in widths_seen:
+                widths_seen.add(channels)
+                same.append((mod, channels))
+        self.feature_skip_channels = [c for _, c in same]
+        self.modules = [m for m, _ in same] + [last_at[s][0] for s in finer]
         self.skip_channels = [last_at[s][1] for s in finer]
         self.feature_channels = feats.shape[1]
         # the decoder's levels finer than the features, coarse -> fine: one per skip, plus the
@@ -74,7 +83,9 @@ class EncoderTap:
         return hook
 
     def __call__(self, model: WSOLNet, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(CAM features [B,C,h,w], skips coarse -> fine) of one forward of `model`'s backbone."""
+        """(CAM features [B,C,h,w], skips) of one forward of `model`'s backbone: the skips at the
+        features' resolution (`feature_skip_channels`, deepest first), then the finer ones,
+        coarse -> fine."""
         self._outputs.clear()
         feats = model.features(images)
         skips = [self._outputs.pop(i) for i in range(len(self.modules))]
@@ -93,56 +104,74 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class UNetDecoder(nn.Module):
-    """A 1x1 reduction of the features to the first width, then one stage per width: upsample
-    (bilinear) to the stage's level, concatenate that level's skip, two 3x3 conv-BN-ReLU; a 1x1
-    head gives `classes` maps at the input's size.
+    """One stage per width: resize to the stage's level, concatenate that level's skip, two 3x3
+    conv-BN-ReLU; a head gives `classes` maps at the input's size.
 
     Levels: `level_skip_channels` lists the levels finer than the features, coarse -> fine, with
     each one's skip channels (0: the input's resolution, no skip). The last stages take the
     levels, finest last; stages before them stay at the features' resolution. With fewer widths
-    than levels the coarsest levels go unused."""
+    than levels the coarsest levels go unused.
+
+    `feature_skips="concat"` (the smp U-Net of the F-CAM / TCAM / CoLo-CAM code): the stages at
+    the features' resolution concatenate the encoder's outputs there (`feature_skip_channels`,
+    deepest first: ResNet50's layer3, then layer2), resizing is nearest-neighbour and the head a
+    3x3 convolution. `"reduce"`: a 1x1 reduction of the features to the first width replaces
+    those skips (a fraction of the cost), bilinear resizing, a 1x1 head."""
 
     def __init__(self, feature_channels: int, level_skip_channels: list[int], widths: tuple[int, ...],
-                 classes: int = 2):
+                 classes: int = 2, feature_skip_channels: list[int] = (), feature_skips: str = "concat"):
         super().__init__()
         if not widths:
             raise ValueError("UNetDecoder: widths must not be empty")
+        if feature_skips not in ("concat", "reduce"):
+            raise ValueError(f"UNetDecoder: feature_skips must be 'concat' or 'reduce', got {feature_skips!r}")
         levels = list(level_skip_channels)[-len(widths):]
         # stage i -> index into `levels` (None: at the features' resolution)
         self.stage_levels = [None] * (len(widths) - len(levels)) + list(range(len(levels)))
         self.level_has_skip = [c > 0 for c in levels]
+        self.n_feature_skips = len(feature_skip_channels)  # every one is passed in; the first `used` are read
         self.first_skip = len(level_skip_channels) - len(levels)  # skips of unused coarse levels are dropped
-        # The papers' decoder concatenates the encoder outputs at the features' own resolution
-        # (ResNet50's layer3 and layer2) in its first stages, 3072 input channels to a 3x3 conv at
-        # 1/8; this 1x1 reduction of the features replaces them (a fraction of the cost, and
-        # no layer names needed).
-        self.reduce = nn.Sequential(nn.Conv2d(feature_channels, widths[0], 1, bias=False),
-                                    nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
-        stages, cin = [], widths[0]
-        for width, level in zip(widths, self.stage_levels):
-            extra = levels[level] if level is not None else 0
+        self.concat = feature_skips == "concat"
+        self.mode = "nearest" if self.concat else "bilinear"
+        used = list(feature_skip_channels)[: len(widths) - len(levels)] if self.concat else []
+        self.feature_skips_used = len(used)
+        if self.concat:
+            self.reduce = nn.Identity()
+            cin = feature_channels
+        else:
+            self.reduce = nn.Sequential(nn.Conv2d(feature_channels, widths[0], 1, bias=False),
+                                        nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+            cin = widths[0]
+        stages = []
+        for i, (width, level) in enumerate(zip(widths, self.stage_levels)):
+            extra = levels[level] if level is not None else (used[i] if i < len(used) else 0)
             stages.append(_block(cin + extra, width))
             cin = width
         self.stages = nn.ModuleList(stages)
-        self.head = nn.Conv2d(cin, classes, 1)
+        self.head = nn.Conv2d(cin, classes, 3, padding=1) if self.concat else nn.Conv2d(cin, classes, 1)
 
     def forward(self, features: torch.Tensor, skips: list[torch.Tensor], out_size: tuple[int, int]) -> torch.Tensor:
-        skips = iter(skips[self.first_skip:])
+        feature_skips = skips[: self.n_feature_skips]
+        skips = iter(skips[self.n_feature_skips + self.first_skip:])
         out_size = tuple(out_size)
         x = self.reduce(features)
-        for stage, level in zip(self.stages, self.stage_levels):
+        for i, (stage, level) in enumerate(zip(self.stages, self.stage_levels)):
             if level is not None:
                 if self.level_has_skip[level]:
                     skip = next(skips)
-                    x = torch.cat([_resize(x, skip.shape[-2:]), skip.to(x.dtype)], dim=1)
+                    x = torch.cat([_resize(x, skip.shape[-2:], self.mode), skip.to(x.dtype)], dim=1)
                 else:
-                    x = _resize(x, out_size)
+                    x = _resize(x, out_size, self.mode)
+            elif i < self.feature_skips_used:
+                x = torch.cat([x, feature_skips[i].to(x.dtype)], dim=1)
             x = stage(x)
-        return _resize(self.head(x), out_size)
+        return _resize(self.head(x), out_size, "bilinear")
 
 
-def _resize(x: torch.Tensor, size) -> torch.Tensor:
+def _resize(x: torch.Tensor, size, mode: str = "bilinear") -> torch.Tensor:
     size = tuple(size)
     if tuple(x.shape[-2:]) == size:
         return x
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest")
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)

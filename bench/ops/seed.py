@@ -1,23 +1,27 @@
-"""Batched pseudo-label seeder (F-CAM / NEGEV / TCAM / PixelCAM seeds), on the CAMs' device.
+"""Batched pseudo-label seeder (F-CAM / NEGEV / TCAM / CoLo-CAM / PixelCAM seeds), on the CAMs' device.
 
 One call handles the whole batch ``cams [B, H, W]`` (values in [0, 1]; NaN is read as 0 and
-values are clamped), with no Python loop over images:
+values are clamped), with no Python loop over images. A map with one value everywhere
+(min == max) gets no seed at all (the authors' seeders skip such maps).
 
-1. **Otsu ROI.** Each map is quantised to uint8 as ``floor(255 * cam)`` (what ``astype(uint8)``
-   of ``cam * 255`` gives) and a 256-bin histogram is built per map. The threshold ``t`` is the
-   first one maximising the between-class variance ``w0 w1 (mu0 - mu1)^2`` of the split
-   ``{q <= t} | {q > t}`` (only splits with both classes non-empty count). ROI = ``q > t``. A
-   map with a single occupied bin (e.g. constant) has no valid split: ``t = 255``, empty ROI.
-2. **Erosion** (``erode_size`` k > 1, odd): the ROI is eroded with a k x k square; pixels
-   outside the image count as ROI (the border does not erode). An ROI that erodes away
-   leaves that image without foreground seeds (its background seeds are still drawn).
-3. **Foreground seeds** (``n_fg`` per image, without replacement, fewer if the ROI is
-   smaller), drawn from the (eroded) ROI:
-   ``"uniform"``: uniformly; ``"top"``: among the ``top_fraction`` (ceil) highest-valued ROI
-   pixels, with probability proportional to the CAM value (TCAM); ``"proportional"``: over
-   the ROI with probability proportional to the CAM (NEGEV).
-4. **Background seeds** (``n_bg``): uniformly among the pixels whose CAM value is at most the
-   ``ceil(bg_fraction * H * W)``-th smallest value of the map.
+1. **ROI** (``roi``): ``"otsu"``: each map is quantised to uint8 as ``floor(255 * cam)``
+   (what ``astype(uint8)`` of ``cam * 255`` gives), the Otsu threshold ``t`` is the first
+   maximiser of the between-class variance of the split ``{q <= t} | {q > t}``, clamped to
+   [1, 254] as in fcam-wsol's seeder, and ROI = ``q > t``; ``"largest"``: the largest
+   4-connected component of that ROI (CoLo-CAM's ``roi_largest``); ``"none"``: the whole image
+   (NEGEV's / PixelCAM's probability seeders).
+2. **Erosion** (``erode_size`` k > 1, odd): the ROI is eroded once with a k x k square; pixels
+   outside the image count as ROI (the border does not erode). With ``erode_revert`` an ROI
+   that erodes away is restored (fcam-wsol), else that image gets no foreground seed.
+3. **Foreground seeds** (``n_fg`` per image, without replacement, fewer if the pool is
+   smaller): ``"uniform"``: uniformly over the ROI; ``"top"``: among the
+   ``floor(top_fraction * |ROI|)`` highest-valued ROI pixels (ties by pixel index), with
+   probability proportional to the value (TCAM / CoLo-CAM ``seed_weighted``);
+   ``"proportional"``: over the ROI with probability proportional to ``cam + 1e-6``.
+4. **Background seeds** (``n_bg``): the pool is exactly the ``int(bg_fraction * H * W)``
+   lowest-valued pixels (at least one; ties by pixel index); ``bg_mode`` ``"uniform"`` draws
+   uniformly from it, ``"complement"`` with weights ``1 - p``, ``p`` the map normalised to sum
+   1 (``(cam + 1e-6) / sum``: the NEGEV / PixelCAM probability seeders).
 5. **Dilation** of both seed sets by a 3x3 square (``dilate=True``); a pixel in both sets
    becomes ignore.
 
@@ -39,24 +43,35 @@ from torch import Tensor
 
 from bench.dataset.protocol import IGNORE
 
-__all__ = ["IGNORE", "FG_MODES", "SeedConfig", "SeedInfo", "quantize", "otsu_threshold", "make_seeds"]
+__all__ = ["IGNORE", "FG_MODES", "ROI_MODES", "BG_MODES", "SeedConfig", "SeedInfo", "quantize", "otsu_threshold",
+           "largest_component", "make_seeds"]
 
 FG_MODES = ("uniform", "top", "proportional")
+ROI_MODES = ("otsu", "largest", "none")
+BG_MODES = ("uniform", "complement")
+_EPS = 1e-6  # added to the CAM before proportional draws (the authors' samplers)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SeedConfig:
-    n_fg: int = 1
+    """How seeds are drawn from a normalised CAM (see the module docstring)."""
+
+    n_fg: int = 1  # foreground pixels per image (before dilation)
     n_bg: int = 1
-    fg_mode: str = "uniform"
-    top_fraction: float = 0.6
-    bg_fraction: float = 0.1
-    erode_size: int = 0
-    dilate: bool = True
+    roi: str = "otsu"  # otsu | largest | none: where foreground seeds may be drawn
+    fg_mode: str = "uniform"  # uniform | top | proportional
+    top_fraction: float = 0.6  # "top": the pool is the floor(top_fraction |ROI|) highest ROI pixels
+    erode_size: int = 0  # k x k erosion of the ROI before foreground draws (0 = none)
+    erode_revert: bool = True  # an ROI that erodes away is restored
+    bg_fraction: float = 0.1  # background pool: exactly int(bg_fraction H W) lowest pixels
+    bg_mode: str = "uniform"  # uniform | complement (weights 1 - normalised CAM)
+    dilate: bool = True  # 3x3 dilation of both seed sets
 
     def __post_init__(self):
-        if self.fg_mode not in FG_MODES:
-            raise ValueError(f"SeedConfig: fg_mode must be one of {FG_MODES}, got {self.fg_mode!r}")
+        for name, value, allowed in (("fg_mode", self.fg_mode, FG_MODES), ("roi", self.roi, ROI_MODES),
+                                     ("bg_mode", self.bg_mode, BG_MODES)):
+            if value not in allowed:
+                raise ValueError(f"SeedConfig: {name} must be one of {allowed}, got {value!r}")
         if self.n_fg < 0 or self.n_bg < 0:
             raise ValueError(f"SeedConfig: n_fg and n_bg must be >= 0, got {self.n_fg} and {self.n_bg}")
         if not 0.0 < self.top_fraction <= 1.0:
@@ -69,10 +84,10 @@ class SeedConfig:
 
 @dataclass
 class SeedInfo:
-    threshold: Tensor  # [B] int64 Otsu threshold on the uint8 scale (ROI = q > threshold)
+    threshold: Tensor  # [B] int64 Otsu threshold on the uint8 scale (ROI = q > threshold), clamped to [1, 254]
     roi: Tensor  # [B, H, W] bool, after erosion
     fg_index: Tensor  # [B, n_fg] flat pixel indices of the drawn foreground seeds
-    fg_valid: Tensor  # [B, n_fg] bool (False where the ROI had too few pixels)
+    fg_valid: Tensor  # [B, n_fg] bool (False where the pool had too few pixels, or the map is constant)
     bg_index: Tensor  # [B, n_bg]
     bg_valid: Tensor  # [B, n_bg]
 
@@ -164,6 +179,38 @@ def _erode(roi: Tensor, k: int) -> Tensor:
     return out.bool()
 
 
+def _rank(values: Tensor, descending: bool) -> Tensor:
+    """Each pixel's rank [B, N] in its row's stable sort (ties keep pixel order)."""
+    order = torch.sort(values, dim=1, descending=descending, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(values.shape[1], device=values.device).expand_as(order))
+    return ranks
+
+
+def largest_component(mask: Tensor) -> Tensor:
+    """The largest 4-connected component of each boolean map [B, H, W] (ties: the component
+    holding the highest pixel index), by max-label propagation."""
+    B, H, W = mask.shape
+    if not bool(mask.any()):
+        return mask
+    ids = torch.arange(1, H * W + 1, device=mask.device).view(1, H, W).expand(B, H, W)
+    lab = torch.where(mask, ids, torch.zeros_like(ids))
+    while True:
+        prev = lab
+        for _ in range(8):  # a few steps between convergence checks (each check syncs)
+            p = F.pad(lab, (1, 1, 1, 1))
+            nb = torch.maximum(torch.maximum(p[:, :-2, 1:-1], p[:, 2:, 1:-1]), torch.maximum(p[:, 1:-1, :-2], p[:, 1:-1, 2:]))
+            lab = torch.where(mask, torch.maximum(lab, nb), lab)
+        if torch.equal(lab, prev):
+            break
+    counts = torch.zeros(B, H * W + 1, device=mask.device, dtype=torch.int64)
+    counts.scatter_add_(1, lab.reshape(B, -1), torch.ones(B, H * W, device=mask.device, dtype=torch.int64))
+    counts[:, 0] = 0
+    best = counts.flip(1).argmax(1)
+    best = H * W - best  # the highest label among the largest
+    return mask & (lab == best[:, None, None])
+
+
 def make_seeds(
     cams: Tensor,
     cfg: SeedConfig = SeedConfig(),
@@ -182,27 +229,38 @@ def make_seeds(
     B, H, W = cams.shape
     N = H * W
     flat = torch.nan_to_num(cams, nan=0.0).clamp(0, 1).reshape(B, N)
+    varied = flat.amax(1) > flat.amin(1)  # a constant map gets no seed
     q = (flat * 255).floor().long()
-    t = _otsu_from_levels(q)
-    roi_flat = q > t[:, None]
+    t = _otsu_from_levels(q).clamp(1, 254)
+    if cfg.roi == "none":
+        roi_flat = torch.ones_like(flat, dtype=torch.bool)
+    else:
+        roi_flat = q > t[:, None]
+        if cfg.roi == "largest":
+            roi_flat = largest_component(roi_flat.view(B, H, W)).view(B, N)
     if cfg.erode_size > 1:
-        roi_flat = _erode(roi_flat.view(B, H, W), cfg.erode_size).view(B, N)
+        eroded = _erode(roi_flat.view(B, H, W), cfg.erode_size).view(B, N)
+        roi_flat = torch.where(eroded.any(1, keepdim=True), eroded, roi_flat) if cfg.erode_revert else eroded
+    roi_flat = roi_flat & varied[:, None]
 
     if cfg.fg_mode == "uniform":
         w_fg = roi_flat
     elif cfg.fg_mode == "proportional":
-        w_fg = flat * roi_flat
-    else:  # "top": ceil(top_fraction * |ROI|) highest values, weighted by value
-        m = roi_flat.sum(1)
-        kk = torch.ceil(cfg.top_fraction * m.double()).long().clamp(min=1, max=N)
-        ranked = torch.where(roi_flat, flat, torch.full_like(flat, -math.inf)).sort(1, descending=True).values
-        thr = ranked.gather(1, (kk - 1)[:, None])
-        w_fg = flat * (roi_flat & (flat >= thr))
+        w_fg = (flat + _EPS) * roi_flat
+    else:  # "top": the floor(top_fraction * |ROI|) highest ROI values, weighted by value
+        kk = torch.floor(cfg.top_fraction * roi_flat.sum(1).double()).long()
+        ranked = torch.where(roi_flat, flat, torch.full_like(flat, -1.0))
+        pool = _rank(ranked, descending=True) < kk[:, None]
+        w_fg = (flat + 1e-8) * (pool & roi_flat)
     fg_idx, fg_ok = _draw(w_fg, cfg.n_fg, generator, uniform=cfg.fg_mode == "uniform")
 
-    k_bg = min(N, max(1, math.ceil(cfg.bg_fraction * N)))
-    bg_thr = flat.kthvalue(k_bg, dim=1, keepdim=True).values
-    bg_idx, bg_ok = _draw(flat <= bg_thr, cfg.n_bg, generator, uniform=True)
+    k_bg = min(N, max(1, int(cfg.bg_fraction * N)))
+    bg_pool = (_rank(flat, descending=False) < k_bg) & varied[:, None]
+    if cfg.bg_mode == "uniform":
+        bg_idx, bg_ok = _draw(bg_pool, cfg.n_bg, generator, uniform=True)
+    else:
+        p = (flat + _EPS) / (flat + _EPS).sum(1, keepdim=True)
+        bg_idx, bg_ok = _draw((1 - p) * bg_pool, cfg.n_bg, generator)
 
     fg = _paint(fg_idx, fg_ok, H, W, cfg.dilate)
     bg = _paint(bg_idx, bg_ok, H, W, cfg.dilate)

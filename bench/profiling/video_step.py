@@ -62,6 +62,8 @@ def _colocam(classifier, side: int, n: int, device, joint: bool):
     method.t = 1.0
     net = DecoderNet(classifier, cfg.decoder_widths, side).to(device)
     net.train()
+    method.seeder = get_method(cfg.seed_cam)()  # the seed CAM method on the same frozen classifier
+    method.seeder.model = net.classifier
     return method, net
 
 

@@ -50,12 +50,14 @@ def test_otsu_matches_numpy():
         assert torch.equal(q[i] > t[i], q[i] > ref), (i, int(t[i]), ref)
 
 
-def test_otsu_constant_map_has_empty_roi():
+def test_constant_map_gets_no_seed():
+    # the authors' seeders skip a map with min == max (fcam-wsol `_bad_egg`, tcam `_OneSample`)
     cams = torch.full((2, 8, 8), 0.4)
     assert otsu_threshold(cams).tolist() == [255, 255]
-    labels = make_seeds(cams, SeedConfig(n_fg=3, n_bg=2), torch.Generator().manual_seed(0))
-    assert not bool((labels == 1).any())
-    assert bool((labels == 0).any(dim=(1, 2)).all())  # background still drawn
+    for cfg in (SeedConfig(n_fg=3, n_bg=2), SeedConfig(n_fg=3, n_bg=2, roi="none", fg_mode="proportional",
+                                                       bg_mode="complement", bg_fraction=1.0)):
+        labels = make_seeds(cams, cfg, torch.Generator().manual_seed(0))
+        assert bool((labels == IGNORE).all())
 
 
 @pytest.mark.parametrize("mode", FG_MODES)
@@ -99,11 +101,16 @@ def test_empty_roi_after_erosion():
     cams = torch.full((2, 12, 12), 0.1)
     cams[0, 5, 5] = 0.9  # one-pixel ROI: erodes away
     cams[1, 3:9, 3:9] = 0.9  # 6x6 ROI: survives a 3x3 erosion as 4x4
-    labels, info = make_seeds(cams, SeedConfig(n_fg=2, n_bg=2, erode_size=3, dilate=False),
+    labels, info = make_seeds(cams, SeedConfig(n_fg=2, n_bg=2, erode_size=3, erode_revert=False, dilate=False),
                               torch.Generator().manual_seed(0), return_info=True)
     assert int(info.roi[0].sum()) == 0 and int(info.roi[1].sum()) == 16
     assert int((labels[0] == 1).sum()) == 0 and int((labels[1] == 1).sum()) == 2
     assert bool((labels == 0).any(dim=(1, 2)).all())
+    # fcam-wsol's rule: an ROI that erodes away is restored (the one pixel is the seed)
+    labels, info = make_seeds(cams, SeedConfig(n_fg=2, n_bg=2, erode_size=3, dilate=False),
+                              torch.Generator().manual_seed(0), return_info=True)
+    assert int(info.roi[0].sum()) == 1 and int(info.roi[1].sum()) == 16
+    assert labels[0, 5, 5] == 1
 
 
 def test_deterministic_for_generator_state():
