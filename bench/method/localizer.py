@@ -35,6 +35,10 @@ class LocalizerConfig:
     mask_w: float = 5.0  # mask = sigmoid(mask_w * (normalised map - mask_sigma))
     mask_sigma: float = 0.15
     scale: float = 1.0  # the classifier reads the masked image down-scaled by this factor
+    dropout: float = 0.0  # WILDCAT dropout on the pooled values, both heads (training only)
+    # the head that classifies x+ / x-: "wildcat" (the papers' second WILDCAT head with the same
+    # hyper-parameters) or "linear" (the stage-1 classifier's GAP + linear head)
+    classifier: str = "wildcat"
     init_from_stage1: bool = True  # start from the cached stage-1 classifier (else from scratch)
     # learning rate = budget.lr * lr_factor: both papers' released configurations train at 0.001,
     # a tenth of the classifier learning rate of the WSOL protocol (the `paper` budget's 0.01)
@@ -62,7 +66,12 @@ class LocalizerMethod(Method):
         # cached stage-1 weights (and the other methods reading them) untouched
         net = ctx.classifier() if c.init_from_stage1 else ctx.new_classifier()
         return LocalizerClassifier(net, ctx.num_classes, modalities=c.modalities, kmax=c.kmax, kmin=c.kmin,
-                                   alpha=c.alpha, w=c.mask_w, sigma=c.mask_sigma, scale=c.scale).to(ctx.device)
+                                   alpha=c.alpha, w=c.mask_w, sigma=c.mask_sigma, scale=c.scale, dropout=c.dropout,
+                                   classifier=c.classifier, **self.model_options(ctx)).to(ctx.device)
+
+    def model_options(self, ctx) -> dict:
+        """Method-specific `LocalizerClassifier` options (mask detaching, mask normalisation)."""
+        return {}
 
     def start_epoch(self, epoch: int) -> None:
         """Called before each epoch (schedules)."""
@@ -71,19 +80,24 @@ class LocalizerMethod(Method):
         raise NotImplementedError
 
     def fit(self, train_set, val, ctx) -> None:
+        self.dataset = getattr(ctx, "dataset", None)
         self.model = self.build_model(ctx)
         self.start_epoch(0)
+        done = [0]
 
         def loss_fn(model, images, labels):
             return self.losses(model(images, with_background=self.with_background), labels)
 
         def on_epoch_end(epoch, terms):
             log.info("%s epoch %d: %s", self.name, epoch, ", ".join(f"{k}={v:.4f}" for k, v in terms.items()))
+            done[0] = epoch + 1
             self.start_epoch(epoch + 1)
 
         schedule = ctx.budget.method_schedule(lr=ctx.budget.lr * self.cfg.lr_factor)
         train(self.model, self.model.parameters(), train_set, ctx.budget, ctx.device, schedule, ctx.seed,
               loss_fn=loss_fn, desc=f"{self.name} localizer", on_epoch_end=on_epoch_end)
+        # schedules stop at the last trained epoch (the references update after every epoch but the last)
+        self.start_epoch(max(0, done[0] - 1))
         self.model.eval()
 
     def localize(self, images, labels):
