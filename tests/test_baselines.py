@@ -256,3 +256,19 @@ def test_one_step_fit_and_localize(name):
     assert torch.isfinite(loc.cams).all() and not loc.cams.requires_grad
     assert not method.model.training
     no_hooks(method.model)
+
+
+# --- trivial baselines ----------------------------------------------------------------------
+
+def test_center_is_one_centred_gaussian_and_random_is_seeded():
+    center = make("center")
+    maps = center.localize(torch.rand(3, 3, 21, 21), torch.zeros(3, dtype=torch.long)).cams
+    assert torch.equal(maps[0], maps[2]) and maps[0].argmax() == 10 * 21 + 10
+    torch.testing.assert_close(maps[0, 0, 10], torch.exp(torch.tensor(-0.25 / (2 * 0.25**2))))
+
+    def random_maps(seed):
+        m = make("random")
+        m.fit(None, None, SimpleNamespace(seed=seed))
+        return m.localize(torch.rand(2, 3, 14, 14), torch.zeros(2, dtype=torch.long)).cams
+
+    assert torch.equal(random_maps(0), random_maps(0)) and not torch.equal(random_maps(0), random_maps(1))
