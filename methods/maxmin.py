@@ -92,6 +92,10 @@ class MaxMin(LocalizerMethod):
     def model_options(self, ctx) -> dict:
         return {"normalise_mask": self.variant == "glas"}
 
+    @property
+    def logits_from_localizer(self) -> bool:  # the Camelyon16 loss trains no classifier on x+
+        return self.variant == "camelyon16"
+
     def sigma_at(self, epoch: int) -> float:
         c = self.cfg
         if self.variant == "camelyon16":

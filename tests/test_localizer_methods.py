@@ -261,3 +261,15 @@ def test_maxmin_camelyon16_variant_on_a_dataset_with_negative_images():
     glas.start_epoch(0)
     assert set(glas.losses(fake_output(), torch.tensor([0, 1]))) == {"loc_ce", "fg_ce", "bg_kl", "size"}
     assert cls().variant == "glas"  # no dataset / no negative class
+    # its classification output is the trained localizer's scores (no classifier is trained on x+)
+    g = torch.Generator().manual_seed(0)
+    data = [{"image": torch.rand(3, 32, 32, generator=g), "label": i % 2, "index": i} for i in range(8)]
+    ctx = tiny_ctx(num_classes=2)
+    ctx.dataset = SimpleNamespace(negative_class=0)
+    method = cls()
+    method.fit(data, data, ctx)
+    images = torch.rand(2, 3, 32, 32)
+    loc = method.localize(images, torch.tensor([0, 1]))
+    with torch.no_grad():
+        torch.testing.assert_close(loc.logits, method.model.localize(images)[1])
+        assert not method.model.normalise_mask and method.model.sigma == 0.0

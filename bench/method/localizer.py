@@ -100,10 +100,18 @@ class LocalizerMethod(Method):
         self.start_epoch(max(0, done[0] - 1))
         self.model.eval()
 
+    @property
+    def logits_from_localizer(self) -> bool:
+        """Whether the reported logits are the localizer head's scores (a loss that trains no
+        classifier on x+) rather than the classifier's on the masked image."""
+        return False
+
     def localize(self, images, labels):
         self.model.eval()
         with torch.no_grad():
-            mask, _ = self.model.localize(images)
+            mask, scores = self.model.localize(images)
+            if self.logits_from_localizer:
+                return Localization(mask[:, 0], scores)
             fg, _ = apply_mask(images, mask, self.model.net.mean.to(images.dtype))
             logits = self.model.classify(fg)
         return Localization(mask[:, 0], logits)
