@@ -26,9 +26,11 @@ def irrelevant_entropy(logits: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class MinMaxEntConfig(LocalizerConfig):
     # The released GlaS configuration of Belharbi et al. ("Min-max entropy for weakly supervised
-    # pointwise localization", 2019), without recursive erasing: WILDCAT head with 5
-    # modalities, kmax = kmin = 0.09, alpha 0; mask sigmoid(8 (M - 0.5)); classifier input
-    # scaled by 0.5; the three terms weighted 1.
+    # pointwise localization", 2019; sbelharbi/wsol-min-max-entropy-interpretability,
+    # config_yaml/glas-no-erasing.yaml): two WILDCAT heads (localizer `headseg`, classifier
+    # `cl32`) with 5 modalities, kmax = kmin = 0.09, alpha 0, dropout 0.75; mask
+    # sigmoid(8 (M - 0.5)), detached (deepmil/models.py, segment); classifier input scaled by
+    # 0.5; the three terms weighted 1; no recursive erasing (nbr_times_erase 0).
     modalities: int = 5
     kmax: float = 0.09
     kmin: float = 0.09
@@ -36,6 +38,11 @@ class MinMaxEntConfig(LocalizerConfig):
     mask_w: float = 8.0
     mask_sigma: float = 0.5
     scale: float = 0.5
+    dropout: float = 0.75
+    classifier: str = "wildcat"
+    # the released code detaches the mask: x+ / x- train the encoder and the classifier head,
+    # not the localizer head (False: the mask is differentiable, our former setting)
+    detach_mask: bool = True
     loc_weight: float = 1.0  # CE of the localizer head's own class scores (0: off)
     relevant_weight: float = 1.0  # low entropy on the relevant region x+
     irrelevant_weight: float = 1.0  # high entropy on the irrelevant region x- (0: off)
@@ -46,12 +53,16 @@ class MinMaxEntropy(LocalizerMethod):
     """Min-Max entropy (Belharbi et al., 2019): localizer + classifier on one encoder.
 
     The localizer splits the image into a relevant region, where the classifier's conditional
-    entropy must be low, and an irrelevant one, where it must be high. Recursive erasing (the
-    paper's optional extension) is not implemented. Output: the soft mask, and the logits of
-    the masked image."""
+    entropy must be low, and an irrelevant one, where it must be high. The mask is detached as
+    in the released code (`detach_mask`). Recursive erasing (the paper's optional extension,
+    off in the no-erasing configuration that these defaults follow) is not implemented.
+    Output: the soft mask, and the logits of the masked image."""
 
     name = "minmaxent"
     Config = MinMaxEntConfig
+
+    def model_options(self, ctx) -> dict:
+        return {"detach_mask": self.cfg.detach_mask}
 
     @property
     def with_background(self) -> bool:  # the x- pass is needed by the irrelevant term only

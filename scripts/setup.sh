@@ -16,6 +16,8 @@ PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 "${PIP[@]}" "$TORCH_SPEC"
 # --no-build-isolation: compile against the torch installed above (isolation would fetch another)
 "${PIP[@]}" --no-build-isolation -e ".[test]"
+# the torchcam parity tests' oracle, without its declared dependencies (they would pull torchvision)
+"${PIP[@]}" --no-deps torchcam==0.5.0
 # A headless Chromium for the report's rendering test and `bench report --screenshot` (Debian's
 # package; playwright's own browser download is not used). Without one that test skips and
 # says why. WITH_BROWSER=0 skips this step.

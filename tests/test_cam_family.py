@@ -10,7 +10,7 @@ from torch import nn
 from bench.models import WSOLNet, build_classifier
 from bench.registry import REPO_ROOT, METHODS, load_plugin_file
 
-POSTHOC = ("gradcam", "gradcampp", "smoothgradcampp", "xgradcam", "layercam", "scorecam")
+POSTHOC = ("gradcam", "gradcampp", "smoothgradcampp", "xgradcam", "layercam", "scorecam", "sscam", "iscam")
 
 
 def method_cls(name):
@@ -43,7 +43,7 @@ def inputs(b=2, size=16, seed=1):
 
 def fitted(name, model, cfg=None):
     m = method(name, cfg)
-    m.fit(None, None, SimpleNamespace(classifier=lambda: model))
+    m.fit(None, None, SimpleNamespace(classifier=lambda checkpoint="last": model))
     return m
 
 
@@ -137,8 +137,75 @@ def test_scorecam_on_one_channel_returns_the_channel():
         channel = model.features(images)[:, 0]
     assert (channel.amax(dim=(1, 2)) > channel.amin(dim=(1, 2))).all()
     torch.testing.assert_close(loc.cams, channel)
-    raw = fitted("scorecam", model, method_cls("scorecam").Config(channel_softmax=False)).localize(images, labels)
-    assert_positive_multiple(raw.cams, channel)
+
+
+def peaked_model(seed=0):
+    """small_model with a large random head, so that the logits spread over tens of units: with
+    near-uniform logits, probability and logit weighting give nearly the same map."""
+    model = small_model(seed)
+    with torch.no_grad():
+        model.classifier.weight.normal_(0, 30, generator=torch.Generator().manual_seed(seed))
+    return model
+
+
+def hand_scorecam(model, images, labels, perturbs=(None,)):
+    """Score-CAM written out channel by channel (the paper's Algorithm 1 with torchcam's mask
+    convention): w = softmax_k mean_s [logit_c(masked by perturb_s(M_k)) - logit_c(x)]."""
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        acts = model.features(images)
+        logits = model(images).logits
+        cams = []
+        for i in range(images.shape[0]):
+            c = int(labels[i])
+            scores = []
+            for a in acts[i]:
+                low = (a - a.min()) / ((a - a.min()).max() + 1e-8)
+                m = F.interpolate(low[None, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[0]
+                total = 0.0
+                for p in perturbs:
+                    mk = m if p is None else p(m)
+                    masked = model.mean[0] + (images[i] - model.mean[0]) * mk
+                    total = total + model(masked[None]).logits[0, c] - logits[i, c]
+                scores.append(total / len(perturbs))
+            w = torch.stack(scores).softmax(0)
+            cams.append(torch.relu(torch.einsum("k,khw->hw", w, acts[i])))
+    return torch.stack(cams)
+
+
+def test_scorecam_weights_are_the_channel_softmax_of_masked_logits():
+    model = peaked_model()
+    images, labels = inputs(b=2, size=16)
+    with torch.no_grad():
+        assert (model(images).logits.std(1) > 5).all()  # peaked: the test discriminates
+    loc = fitted("scorecam", model).localize(images, labels)
+    torch.testing.assert_close(loc.cams, hand_scorecam(model, images, labels), rtol=1e-7, atol=1e-10)
+
+
+def test_iscam_integrates_the_masked_scores_over_scaled_masks():
+    model = peaked_model()
+    images, labels = inputs(b=2, size=16)
+    n = 4
+    coeffs = [sum(j / n for j in range(1, i + 2)) for i in range(n)]  # 0.25, 0.75, 1.5, 2.5
+    perturbs = [lambda m, c=c: c * m for c in coeffs]
+    loc = fitted("iscam", model, method_cls("iscam").Config(n_samples=n)).localize(images, labels)
+    torch.testing.assert_close(loc.cams, hand_scorecam(model, images, labels, perturbs), rtol=1e-7, atol=1e-10)
+    one = fitted("iscam", model, method_cls("iscam").Config(n_samples=1)).localize(images, labels).cams
+    torch.testing.assert_close(one, fitted("scorecam", model).localize(images, labels).cams)
+
+
+def test_sscam_without_noise_is_scorecam_and_noise_changes_the_weights():
+    model = peaked_model()
+    images, labels = inputs(b=2, size=16)
+    plain = fitted("scorecam", model).localize(images, labels).cams
+    quiet = fitted("sscam", model, method_cls("sscam").Config(n_samples=3, noise_std=0.0)).localize(images, labels)
+    torch.testing.assert_close(quiet.cams, plain)
+    torch.manual_seed(0)
+    noisy = fitted("sscam", model, method_cls("sscam").Config(n_samples=2)).localize(images, labels).cams
+    assert not torch.allclose(noisy, plain)
+    assert method_cls("sscam").Config().n_samples == 35 and method_cls("sscam").Config().noise_std == 2.0
+    assert method_cls("iscam").Config().n_samples == 10
 
 
 def test_scorecam_mask_batches_do_not_change_the_result():
@@ -158,7 +225,7 @@ def no_hooks(model):
 def test_maps_are_nonnegative_finite_and_leave_no_hooks(name):
     model = small_model()
     images, labels = inputs(b=2, size=16)
-    cfg = method_cls("smoothgradcampp").Config(n_samples=2) if name == "smoothgradcampp" else None
+    cfg = method_cls(name).Config(n_samples=2) if name in ("smoothgradcampp", "sscam", "iscam") else None
     m = fitted(name, model, cfg)
     loc = m.localize(images, labels)
     assert loc.cams.shape == (2, 4, 4) and loc.logits.shape == (2, 3)

@@ -189,3 +189,88 @@ def test_fit_logs_every_term_per_epoch_and_localize_gives_a_mask(name, caplog):
     loc = method.localize(torch.rand(2, 3, 32, 32), torch.tensor([0, 1]))
     assert loc.cams.shape == (2, 32, 32) and loc.logits.shape == (2, 3)
     assert loc.cams.min() >= 0 and loc.cams.max() <= 1
+
+
+# --- fidelity to the released code ----------------------------------------------------------
+
+def test_wildcat_dropout_acts_on_the_pooled_values_in_training_only():
+    from bench.models.wildcat import wildcat_pool
+
+    maps = torch.rand(2, 3, 6, 6) + 0.5
+    plain = wildcat_pool(maps, 0.3)
+    assert torch.equal(wildcat_pool(maps, 0.3, dropout=0.5, training=False), plain)
+    torch.manual_seed(0)
+    dropped = wildcat_pool(maps, 0.3, dropout=0.5, training=True)
+    assert not torch.allclose(dropped, plain)
+    torch.manual_seed(0)
+    k = math.ceil(0.3 * 36)
+    top = maps.flatten(2).topk(k, -1).values
+    torch.testing.assert_close(dropped, torch.nn.functional.dropout(top, 0.5, True).mean(-1))
+
+
+def test_defaults_follow_the_released_configurations():
+    mm, me = method_cls("maxmin").Config(), method_cls("minmaxent").Config()
+    assert (mm.classifier, mm.dropout, mm.mask_sigma, mm.sigma_step, mm.sigma_max) == ("wildcat", 0.1, 0.15, 0.001, 0.2)
+    assert (me.classifier, me.dropout, me.detach_mask) == ("wildcat", 0.75, True)
+    model = method_cls("minmaxent")().build_model(tiny_ctx())
+    assert model.cls_head is not None and model.cls_head.dropout == 0.75 and model.loc_head.dropout == 0.75
+
+
+def test_minmaxent_mask_is_detached_so_the_entropy_terms_do_not_train_the_localizer():
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.rand(4, 3, 32, 32, generator=g), torch.tensor([0, 1, 2, 0])
+    for detach, reaches in ((True, False), (False, True)):
+        cls = method_cls("minmaxent")
+        m = cls(cls.Config(detach_mask=detach, dropout=0.0))
+        model = m.build_model(tiny_ctx())
+        terms = m.losses(model(images), labels)
+        (terms["relevant"] + terms["irrelevant"]).backward()
+        grad = model.loc_head.conv.weight.grad
+        assert (grad is not None and grad.abs().sum() > 0) == reaches, detach
+
+
+def test_maxmin_sigma_grows_per_epoch_up_to_its_maximum():
+    method = method_cls("maxmin")()
+    assert [method.sigma_at(e) for e in (0, 10)] == [0.15, pytest.approx(0.16)]
+    assert method.sigma_at(1000) == 0.2
+    g = torch.Generator().manual_seed(0)
+    data = [{"image": torch.rand(3, 32, 32, generator=g), "label": i % 3, "index": i} for i in range(8)]
+    method.fit(data, data, tiny_ctx())  # 2 epochs: sigma of the last trained epoch, 0.151
+    assert method.model.sigma == pytest.approx(0.151)
+    assert isinstance(method.model.cls_head, torch.nn.Module) and method.model.cls_head.dropout == 0.1
+
+
+def test_maxmin_camelyon16_variant_on_a_dataset_with_negative_images():
+    cls = method_cls("maxmin")
+    method = cls()
+    method.dataset = SimpleNamespace(negative_class=0)
+    assert method.variant == "camelyon16" and not method.with_background
+    method.start_epoch(0)
+    b, hw = 4, 8
+    fg_map = torch.zeros(b, 4, 4, requires_grad=True)
+    out = SimpleNamespace(mask=torch.full((b, 1, hw, hw), 0.5), loc_logits=torch.zeros(b, 2), fg_logits=None,
+                          bg_logits=None, fg_map=fg_map)
+    labels = torch.tensor([0, 1, 0, 1])
+    terms = method.losses(out, labels)
+    assert set(terms) == {"loc_ce", "normal_bce", "size"}
+    assert terms["loc_ce"].item() == pytest.approx(10 * math.log(2))
+    assert terms["normal_bce"].item() == pytest.approx(math.log(2))  # sigmoid(0) vs target 0
+    terms["normal_bce"].backward()
+    assert (fg_map.grad[labels == 0] > 0).all() and (fg_map.grad[labels == 1] == 0).all()
+    glas = cls(cls.Config(loss_variant="glas"))
+    glas.dataset = method.dataset
+    glas.start_epoch(0)
+    assert set(glas.losses(fake_output(), torch.tensor([0, 1]))) == {"loc_ce", "fg_ce", "bg_kl", "size"}
+    assert cls().variant == "glas"  # no dataset / no negative class
+    # its classification output is the trained localizer's scores (no classifier is trained on x+)
+    g = torch.Generator().manual_seed(0)
+    data = [{"image": torch.rand(3, 32, 32, generator=g), "label": i % 2, "index": i} for i in range(8)]
+    ctx = tiny_ctx(num_classes=2)
+    ctx.dataset = SimpleNamespace(negative_class=0)
+    method = cls()
+    method.fit(data, data, ctx)
+    images = torch.rand(2, 3, 32, 32)
+    loc = method.localize(images, torch.tensor([0, 1]))
+    with torch.no_grad():
+        torch.testing.assert_close(loc.logits, method.model.localize(images)[1])
+        assert not method.model.normalise_mask and method.model.sigma == 0.0

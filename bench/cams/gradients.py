@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.nn.functional as F
 
 
 @contextlib.contextmanager
@@ -105,3 +106,54 @@ def gradcampp_weights(acts, g1, g2, g3):
     denom = 2 * g2 + (acts.sum(dim=(2, 3), keepdim=True) * g3)
     alpha = g2 / torch.where(denom != 0, denom, torch.ones_like(denom))
     return (alpha * torch.relu(g1)).sum(dim=(2, 3))
+
+
+def score_masks(acts: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Score-CAM's masks before upsampling: each channel of [B,K,h,w] min-max normalised at the
+    feature resolution, (A - min) / (max(A - min) + eps), as torchcam's ScoreCAM does (a
+    constant channel gives an all-zero mask, which still gets a score)."""
+    flat = acts.flatten(2)
+    shifted = flat - flat.amin(-1, keepdim=True)
+    return (shifted / (shifted.amax(-1, keepdim=True) + eps)).view_as(acts)
+
+
+def score_weights(model, images: torch.Tensor, labels: torch.Tensor, acts: torch.Tensor, logits: torch.Tensor,
+                  mask_batch: int = 32, n_samples: int = 1, perturb=None) -> torch.Tensor:
+    """Channel weights of the Score-CAM family, [B,K]: the softmax over channels of
+    mean_s [y_c(x * M_k^s) - y_c(x)], y_c the class logit, M_k = bilinear upsampling of
+    `score_masks(acts)` to the image, M_k^s = perturb(M_k, s) (identity when None).
+
+    The mask multiplies the NORMALISED image, as torchcam and the Score-CAM code do with
+    models that take normalised tensors (hidden pixels become the mean colour): ours take
+    [0,1] images, so the masked image is mean + (x - mean) * M. Masked images go through
+    the model `mask_batch` at a time; the loop runs sample-major, then mask chunks, which
+    draws SS-CAM's noise in torchcam's order."""
+    b, k, h, w = acts.shape
+    masks = score_masks(acts).reshape(b * k, 1, h, w)
+    owner = torch.arange(b, device=acts.device).repeat_interleave(k)
+    baseline = class_scores(logits, labels).to(acts.dtype)
+    fill = model.mean.to(images.dtype)
+    total = torch.zeros(b * k, device=acts.device, dtype=acts.dtype)
+    step = max(1, mask_batch)
+    for s in range(n_samples):
+        for start in range(0, b * k, step):
+            idx = slice(start, min(start + step, b * k))
+            m = F.interpolate(masks[idx], size=images.shape[-2:], mode="bilinear", align_corners=False)
+            if perturb is not None:
+                m = perturb(m, s)
+            who = owner[idx]
+            out = model(fill + (images[who] - fill) * m.to(images.dtype)).logits
+            total[idx] += class_scores(out, labels[who]).to(acts.dtype) - baseline[who]
+    return (total / n_samples).view(b, k).softmax(1)
+
+
+def score_cam(model, images, labels, mask_batch: int = 32, n_samples: int = 1, perturb=None):
+    """(ReLU(sum_k w_k A_k) with the raw activations and `score_weights`, logits): no autograd."""
+    with torch.no_grad():
+        with capture_activations(model) as store:
+            logits = model(images).logits
+        if "activations" not in store:
+            raise RuntimeError("model.cam_layer was not called in the forward pass")
+        acts = store["activations"]
+        weights = score_weights(model, images, labels, acts, logits, mask_batch, n_samples, perturb)
+        return weighted_sum(weights.to(acts.dtype), acts), logits

@@ -72,3 +72,57 @@ def cam_layer_transform(model, transform):
         yield model
     finally:
         handle.remove()
+
+
+def backbone_layers(model, table: dict[str, tuple[str, ...]], method: str) -> list:
+    """The backbone modules a method taps, by the backbone's class name in `table` (dotted
+    paths inside `model.backbone`); a backbone the table does not know is a clear error."""
+    kind = type(model.backbone).__name__
+    if kind not in table:
+        raise ValueError(f"{method}: no layer positions for backbone {kind}; known: {', '.join(sorted(table))}")
+    return [model.backbone.get_submodule(path) for path in table[kind]]
+
+
+@contextlib.contextmanager
+def layer_transforms(modules, transform):
+    """While active, each module's output is replaced by `transform(output)` when the module is
+    in training mode (identity in eval mode). The hooks are removed on exit."""
+
+    def hook(module, inputs, output):
+        return transform(output) if module.training else None
+
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def layer_outputs(modules):
+    """Yield a list whose i-th entry is the output of `modules[i]` in the last forward pass run
+    inside the block (the hooks are removed on exit)."""
+    store: list = [None] * len(modules)
+
+    def make(i):
+        def hook(module, inputs, output):
+            store[i] = output
+        return hook
+
+    handles = [m.register_forward_hook(make(i)) for i, m in enumerate(modules)]
+    try:
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def width_for(model, width: int | None, reference: int) -> int:
+    """A head width: `width` when set, else the reference width scaled by the backbone's
+    `decoder_width_scale` (1 for the papers' backbones; small CPU backbones scale it down)."""
+    if width is not None:
+        if width < 1:
+            raise ValueError(f"width must be >= 1, got {width}")
+        return width
+    return max(1, round(reference * getattr(model.backbone, "decoder_width_scale", 1.0)))

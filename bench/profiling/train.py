@@ -56,8 +56,9 @@ def _harness_rate(model, train_set, budget, device, epochs: int) -> tuple[float,
 
 def _bare_rate(model, pixels: torch.Tensor, labels: torch.Tensor, budget, device, steps: int, warmup: int) -> float:
     """pixels: uint8 [N,S,S,3] on the device; the same crop/flip/scale as the data pipeline, on device."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=budget.lr, momentum=budget.momentum, nesterov=True,
-                                weight_decay=budget.weight_decay)
+    run = budget.stage1_schedule()
+    optimizer = torch.optim.SGD(model.parameters(), lr=run.lr, momentum=budget.momentum, nesterov=True,
+                                weight_decay=run.weight_decay)
     n, side = pixels.shape[0], pixels.shape[1]
     crop = budget.input_size or side
     gen = torch.Generator(device=device).manual_seed(0)
