@@ -87,6 +87,10 @@ def build_cells(methods: list[str] | None, datasets: list[str] | None, settings:
             skipped.append((dcls.name, why))
             continue
         for mcls in method_classes:
+            if not methods and not mcls.in_grid:
+                skipped.append((f"{mcls.name} x {dcls.name}", "left out of --all (run it by name: --methods "
+                                                             f"{mcls.name})"))
+                continue
             reason = mcls.skip(dataset)
             if reason:
                 skipped.append((f"{mcls.name} x {dcls.name}", reason))

@@ -3,8 +3,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.cams.gradients import score_cam
-from bench.method import PostHocCAM
-from bench.method import register_method
+from bench.method import PostHocCAM, register_method
 
 
 @dataclass(frozen=True)
@@ -33,6 +32,10 @@ class SSCAM(PostHocCAM):
 
     name = "sscam"
     Config = SSCAMConfig
+    # 35 noisy passes of every channel's masked image: ~35x Score-CAM, hours per cell on the CPU
+    # budgets; run it by name (--methods sscam)
+    in_grid = False
+    test_settings = {"n_samples": "2"}
 
     def cams(self, model, images, labels):
         std = self.cfg.noise_std

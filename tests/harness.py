@@ -45,7 +45,12 @@ def registered(*method_classes):
 
 
 def small_cell(method: str, dataset: str, seed: int) -> Cell:
-    return Cell(method, dataset, seed, {dataset: dict(SMALL_DATASETS[dataset])} if dataset in SMALL_DATASETS else {})
+    """A cell on the small version of `dataset`, the method at its test settings (cost only)."""
+    overrides = {dataset: dict(SMALL_DATASETS[dataset])} if dataset in SMALL_DATASETS else {}
+    settings = dict(getattr(METHODS.loaded().get(method), "test_settings", {}) or {})
+    if settings:
+        overrides[method] = settings
+    return Cell(method, dataset, seed, overrides)
 
 
 def run_small_cell(method: str, dataset: str, seed: int, dirs: dict, results: Path, method_cls=None) -> dict:

@@ -94,3 +94,17 @@ def test_exit_status_says_a_cell_failed(shared_dirs, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "r" / "synth-objects" / "explode-test" / "seed0.json").read_text())["error"] == \
         "ValueError: kaboom"
     assert json.loads((tmp_path / "r" / "synth-objects" / "center" / "seed0.json").read_text())["status"] == "ok"
+
+
+def test_methods_and_datasets_out_of_the_grid_run_only_by_name(shared_dirs):
+    from tests.harness import settings_at
+
+    settings = settings_at(shared_dirs["data"])
+    cells, skipped = build_cells(None, ["synth-objects"], settings)
+    assert "sscam" not in {c.method for c in cells} and "cam" in {c.method for c in cells}
+    assert dict(skipped)["sscam x synth-objects"].startswith("left out of --all")
+    assert {c.method for c in build_cells(["sscam"], ["synth-objects"], settings)[0]} == {"sscam"}
+    everywhere, skipped = build_cells(["cam"], None, settings)
+    assert "synth-tissue-shifted" not in {c.dataset for c in everywhere}
+    assert "transfer target" in dict(skipped)["synth-tissue-shifted"]
+    assert build_cells(["cam"], ["synth-tissue-shifted"], settings)[0]

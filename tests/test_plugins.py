@@ -8,7 +8,7 @@ from bench.registry import all_datasets, all_methods
 from bench.runner import result_path
 from tests.harness import SMOKE, run_small_cell, small_dataset
 
-SYNTHETIC = [n for n, d in all_datasets().items() if d.synthetic]  # image and video
+SYNTHETIC = [n for n, d in all_datasets().items() if d.synthetic and d.in_grid]  # image and video
 PAIRS = [(m, d) for d in SYNTHETIC for m, mcls in all_methods().items() if mcls.skip(small_dataset(d)) is None]
 
 

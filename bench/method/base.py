@@ -32,6 +32,10 @@ class Method:
     # "weak" (image labels: the leaderboard's ranking), or the stronger supervision of a reference
     # row ("full", "few-shot"), shown apart and never ranked with the weak methods
     supervision: str = "weak"
+    in_grid: bool = True  # False: `run --all` leaves it out (run it by name), e.g. for its cost
+    # small settings the generic plugin test runs it with (cost only, never behaviour: benchopt's
+    # test parameters), as `--set` strings
+    test_settings: dict[str, str] = {}
     selection: str = "last"  # the authors' checkpoint of the method's own training (see above)
     Config = EmptyConfig
 
