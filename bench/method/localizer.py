@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.config import FineTuneConfig
 from bench.method.base import Localization, Method
 from bench.models.wildcat import LocalizerClassifier, LocalizerOutput, apply_mask
 from bench.method.training import train
@@ -25,8 +26,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class LocalizerConfig:
-    """Settings common to the localizer + classifier methods (subclasses set the papers' values)."""
+class LocalizerConfig(FineTuneConfig):
+    """Settings common to the localizer + classifier methods (subclasses set the papers' values;
+    `init_from_stage1` and `lr_factor` from `FineTuneConfig`)."""
 
     modalities: int = 5  # maps per class in the localizer head (WILDCAT)
     kmax: float = 0.3  # WILDCAT pooling: fraction of highest map values averaged
@@ -39,18 +41,13 @@ class LocalizerConfig:
     # the head that classifies x+ / x-: "wildcat" (the papers' second WILDCAT head with the same
     # hyper-parameters) or "linear" (the stage-1 classifier's GAP + linear head)
     classifier: str = "wildcat"
-    init_from_stage1: bool = True  # start from the cached stage-1 classifier (else from scratch)
-    # learning rate = budget.lr * lr_factor: both papers' released configurations train at 0.001,
-    # a tenth of the classifier learning rate of the WSOL protocol (the `paper` budget's 0.01)
-    lr_factor: float = 0.1
 
     def __post_init__(self):
         if self.mask_w <= 0:
             raise ValueError(f"{type(self).__name__}: mask_w must be > 0, got {self.mask_w}")
         if not 0.0 <= self.mask_sigma <= 1.0:
             raise ValueError(f"{type(self).__name__}: mask_sigma must be in [0, 1], got {self.mask_sigma}")
-        if self.lr_factor <= 0:
-            raise ValueError(f"{type(self).__name__}: lr_factor must be > 0, got {self.lr_factor}")
+        super().__post_init__()
 
 
 class LocalizerMethod(Method):
