@@ -102,6 +102,9 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _init_worker(slots, devices: list[str], threads: int, parent: int) -> None:
+    # Ctrl-C is the grid process's to handle (it stops the pool; workers die with it): a worker
+    # interrupted mid-task would only print a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent)
     slot = slots.get()
     _WORKER["device"] = devices[slot % len(devices)]
@@ -122,6 +125,17 @@ def _quiet_children():
             os.environ.pop("TQDM_DISABLE", None)
         else:
             os.environ["TQDM_DISABLE"] = before
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored in this process for the block; an ignored signal stays ignored in the
+    processes spawned meanwhile (Python keeps an inherited SIG_IGN for SIGINT)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _pool_task(cell, settings: RunSettings) -> dict:
@@ -203,7 +217,8 @@ def _pool_round(cells: list, settings: RunSettings, jobs: int, devices: list[str
     summaries, broken = [], []
     with _quiet_children(), cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
                                                    initargs=(slots, devices, threads, os.getpid())) as pool:
-        futures = {pool.submit(_pool_task, c, settings): c for c in cells}
+        with _sigint_ignored():  # the workers are spawned here: they start with Ctrl-C ignored
+            futures = {pool.submit(_pool_task, c, settings): c for c in cells}
         try:
             for future in cf.as_completed(futures):
                 cell = futures[future]
