@@ -60,8 +60,13 @@ class Dataset:
         raise NotImplementedError
 
     def metadata_files(self, data_root: Path) -> list[Path]:
-        """The files that say what the splits hold (their fingerprint keys results and caches)."""
-        return []
+        """The files that say what the splits hold (their fingerprint keys results and caches):
+        those of the train/val/test split folders of a dataset with `meta_dir`, else none."""
+        meta_dir = getattr(self, "meta_dir", None)
+        if meta_dir is None:
+            return []
+        folders = {meta_dir(data_root, split) for split in ("train", "val", "test")}
+        return sorted(p for folder in folders if folder.is_dir() for p in folder.iterdir() if p.is_file())
 
     def fingerprint(self, data_root: Path) -> str | None:
         """A cheap fingerprint of the data a run reads: the content hashes of the metadata files

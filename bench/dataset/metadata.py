@@ -53,10 +53,6 @@ class MetadataDataset(Dataset):
                     f"DIR/{self.image_dir or self.name}/)")
         return None
 
-    def metadata_files(self, data_root: Path) -> list[Path]:
-        folders = {self.meta_dir(data_root, split) for split in ("train", "val", "test")}
-        return sorted(p for folder in folders if folder.is_dir() for p in folder.iterdir() if p.is_file())
-
     def read_records(self, data_root: Path, split: str) -> list[ImageRecord]:
         annotation = "none" if split == "train" else self.annotation
         records = read_split(self.meta_dir(data_root, split), annotation, self.loc_file)

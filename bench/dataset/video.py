@@ -188,10 +188,6 @@ class VideoDataset(Dataset):
                     f"(DIR/metadata/{self.meta_name or self.name}/ and DIR/{self.frame_dir or self.name}/)")
         return None
 
-    def metadata_files(self, data_root: Path) -> list[Path]:
-        folders = {self.meta_dir(data_root, split) for split in ("train", "val", "test")}
-        return sorted(p for folder in folders if folder.is_dir() for p in folder.iterdir() if p.is_file())
-
     def read(self, data_root: Path, split: str) -> VideoSplit:
         out = read_video_split(self.meta_dir(data_root, split), self.frame_root(data_root),
                                "shots" if split == "train" else "frames")
