@@ -30,6 +30,9 @@ class NEGEV(SeededDecoder):
 
     name = "negev"
     Config = NEGEVConfig
+    # the encoder from the stage-1 best-classification checkpoint, the seeds' CAMs from the
+    # best-localization one (negev `negev_ptretrained_cl_cp` / `negev_ptretrained_loc_cp`)
+    encoder_checkpoint = "best-cls"
 
     def negative(self, labels):
         neg = self.dataset.negative_class

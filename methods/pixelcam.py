@@ -76,6 +76,13 @@ class PixelCAM(Method):
     # the authors' README command under the `paper` budget (bench.config.paper_preset): GlaS
     # fold 0 at lr 0.001 (lr_factor 0.1 of the budget's 0.01), x0.1 every 5 epochs, 1000 epochs
     paper_presets = {"glas": {"schedule.step_every": "5", "schedule.gamma": "0.1"}}
+    # The README's command: the epoch with the best validation localization is kept
+    # (`--eval_checkpoint_type best_localization`), the model starts from the stage-1
+    # best-classification checkpoint (`--path_pre_trained_model_cl ...cp_best_classification`)
+    # and the seeds come from the best-localization one's stored CAMs (`--path_cam ...-bloc-`)
+    selection = "best-loc"
+    init_checkpoint = "best-cls"
+    seed_checkpoint = "best-loc"
 
     def seeds(self, images: torch.Tensor, labels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Seed labels [B,h,w] (1 fg, 0 bg, 255 ignore) on `grid` from the seed CAMs."""
@@ -110,10 +117,10 @@ class PixelCAM(Method):
 
     def fit(self, train_set, val, ctx) -> None:
         self.dataset = ctx.dataset
-        self.seeder = build_cam_seeder(self.cfg.seed_cam, self.name, train_set, val, ctx, "best-loc")
+        self.seeder = build_cam_seeder(self.cfg.seed_cam, self.name, train_set, val, ctx, self.seed_checkpoint)
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
         # ctx.classifier() returns a fresh copy of the cached stage-1 weights: the seeder keeps its own
-        model = ctx.classifier() if self.cfg.init_from_stage1 else ctx.new_classifier()
+        model = ctx.classifier(self.init_checkpoint) if self.cfg.init_from_stage1 else ctx.new_classifier()
         self.model = model = self.attach_head(model).to(ctx.device)
 
         def on_epoch_end(epoch, terms):
@@ -121,7 +128,7 @@ class PixelCAM(Method):
 
         schedule = self.cfg.schedule.apply(ctx.budget.method_schedule(lr=ctx.budget.lr * self.cfg.lr_factor))
         train(model, model.parameters(), train_set, ctx.budget, ctx.device, schedule, ctx.seed,
-              loss_fn=self.training_loss, desc="pixelcam", on_epoch_end=on_epoch_end)
+              loss_fn=self.training_loss, desc="pixelcam", on_epoch_end=on_epoch_end, selector=ctx.selector(self))
         model.eval()
 
     def localize(self, images, labels):

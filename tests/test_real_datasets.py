@@ -135,10 +135,10 @@ def _meta(root: Path, name: str, split: str) -> Path:
     return get_dataset(name)().meta_dir(root, split)
 
 
-def _check(name: str, root: Path, capsys) -> str:
-    code = main(["data", "check", "--dataset", name, "--root", str(root)])
+def _check(name: str, root: Path, capsys, code: int = 1) -> str:
+    got = main(["data", "check", "--dataset", name, "--root", str(root)])
     out = capsys.readouterr().out
-    assert code == 1, out
+    assert got == code, out
     return out
 
 
@@ -196,6 +196,24 @@ def test_check_masks_wrong_size_or_unreadable(tmp_path, capsys):
     out = _check("openimages", root, capsys)
     assert "test/localization.txt:2: mask" in out and "masks/001.png is 16x16, its image 'test/c1/001.png' is 24x20" in out
     assert "val/localization.txt:3: ignore mask" in out and "ignore/002.png cannot be read" in out
+    report = check_dataset(get_dataset("openimages")(), root)
+    assert any("masks/001.png is 16x16" in w for w in report.warnings)
+    assert not any("masks/001.png" in e for e in report.errors)
+    assert any("ignore/002.png cannot be read" in e for e in report.errors)
+
+
+def test_check_mask_of_another_size_is_a_warning_and_the_loader_reads_it(tmp_path):
+    """The reference evaluator resizes image and mask to 224x224 separately: a mask of another
+    size than its image is loadable, so `data check` warns and the split stays valid."""
+    root = write_tree("openimages", tmp_path)
+    _mask(root / "OpenImages" / "test" / "masks" / "001.png", size=(16, 16))
+    ds = get_dataset("openimages")()
+    report = check_dataset(ds, root, decode=True)
+    assert report.ok, report.errors
+    assert [w for w in report.warnings if "masks/001.png is 16x16" in w]
+    test = ds.splits(root, BUDGETS["smoke"]).test
+    masks = [item["mask"] for item in test]
+    assert all(tuple(m.shape[-2:]) == tuple(masks[0].shape[-2:]) for m in masks)
 
 
 def test_check_histology_reads_every_split(tmp_path, capsys):
@@ -223,8 +241,8 @@ def test_check_histology_mask_of_wrong_size(name, tmp_path, capsys):
     root = write_tree(name, tmp_path)
     ds = get_dataset(name)()
     _mask(ds.image_root(root) / "valpx" / "masks" / "001.png", size=(20, 24))
-    out = _check(name, root, capsys)
-    assert "valpx/localization.txt:2: mask" in out and "is 20x24, its image 'valpx/c1/001.png' is 24x20" in out
+    out = _check(name, root, capsys, code=0)  # a warning: the loader reads it
+    assert "WARNING" in out and "valpx/localization.txt:2: mask" in out and "is 20x24, its image 'valpx/c1/001.png' is 24x20" in out
 
 
 def test_every_layout_runs_through_all_and_reaches_the_leaderboard(tmp_path):

@@ -269,3 +269,45 @@ def test_method_families_validate_with_their_authors_default(shared_dirs, tmp_pa
     assert [h[0] for h in sel["method"]["history"]] == [0, 1, 2]
     assert list(sel["stage1"]) == [stage1]
     assert _selection_problems(sel) == []
+
+
+@pytest.mark.parametrize("method, dataset, encoder", [
+    ("fcam", "synth-objects", "best-loc"),   # cp_best for everything
+    ("negev", "synth-tissue", "best-cls"),   # negev_ptretrained_cl_cp / _loc_cp
+    ("tcam", "synth-video", "best-cls"),     # tcam_pretrained_cl_ch_pt / _seeder_ch_pt
+    ("colocam", "synth-video", "best-cls"),  # colocam_pretrained_cl_ch_pt / _seeder_ch_pt
+    ("pixelcam", "synth-tissue", "best-cls"),  # README: init from cp_best_classification
+])
+def test_encoder_and_seeds_read_their_authors_stage1_checkpoints(shared_dirs, tmp_path, monkeypatch, method,
+                                                                  dataset, encoder):
+    """The trained network starts from (or freezes) the stage-1 checkpoint its authors load
+    for the encoder and class scores; the seeds' CAMs always come from best-localization."""
+    from bench.registry import get_method
+
+    budget = replace(SMOKE, method=replace(SMOKE.method, epochs=1), val_every=1)
+    import tests.harness as harness
+    monkeypatch.setattr(harness, "SMOKE", budget)
+    read, seen = {}, {}
+    original = RunContext.classifier
+
+    def recording(self, checkpoint="last"):
+        model = original(self, checkpoint)
+        read[id(model)] = checkpoint
+        return model
+
+    monkeypatch.setattr(RunContext, "classifier", recording)
+
+    class Probe(get_method(method)):
+        name = f"probe-{method}"
+
+        def fit(self, train_set, val, ctx):
+            super().fit(train_set, val, ctx)
+            trained = self.net.classifier if hasattr(self, "net") else self.model
+            seen.update(encoder=read.get(id(trained)), seeds=read.get(id(self.seeder.model)))
+
+    entry = run_small_cell(method, dataset, 0, {**shared_dirs, "cache": tmp_path / "cache"}, tmp_path, Probe)
+    assert entry["status"] == "ok", entry.get("error")
+    assert seen == {"encoder": encoder, "seeds": "best-loc"}
+    assert set(entry["selection"]["stage1"]) == {encoder, "best-loc"}
+    assert entry["selection"]["method"]["criterion"] == "best-loc"
+    assert _selection_problems(entry["selection"]) == []

@@ -3,7 +3,8 @@
 Every split folder the dataset reads is parsed leniently (all malformed lines and ids present
 in one file but not another are collected, with file and line), then every image is opened
 (header only unless `decode=True`), boxes are checked against the real image size, masks are
-opened and compared with their image's size, and the split sizes are compared with the
+opened and compared with their image's size (a warning: the loader, like the reference
+evaluator, resizes each to the evaluation frame on its own), and the split sizes are compared with the
 published ones (a warning only: subsets are legitimate). Images are opened as
 `bench.data.images` does for a run: regular files inside the resolved image root only (a
 symlink leaving it or a FIFO is an error, never followed or waited on), decompression bombs
@@ -153,8 +154,11 @@ def _check_record(report, dataset, root: Path, r, annotation: str, loc_path: Pat
         if msize is None:
             report.errors.append(f"{at}: {kind} {root / mask} {why}")
         elif msize != size:
-            report.errors.append(f"{at}: {kind} {root / mask} is {msize[0]}x{msize[1]}, its image "
-                                 f"{r.path!r} is {size[0]}x{size[1]}")
+            # a warning: the loader, like the reference evaluator, resizes image and mask to the
+            # evaluation frame separately, so the run goes on; it is usually a wrong file
+            report.warnings.append(f"{at}: {kind} {root / mask} is {msize[0]}x{msize[1]}, its image "
+                                   f"{r.path!r} is {size[0]}x{size[1]} (each is resized to the evaluation "
+                                   f"frame on its own, as the reference evaluator does)")
 
 
 __all__ = ["CheckReport", "check_dataset", "MetadataError"]

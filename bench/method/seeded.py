@@ -135,10 +135,13 @@ class SeededDecoder(Method):
     paper_presets: dict[str, dict[str, str]] = {}
     batch_keys: tuple[str, ...] = ()  # training-batch entries passed to cam_maps / loss_terms as keywords
     # Model selection (docs/protocol.md): the authors keep the decoder's epoch with the best
-    # validation localization, and read the stage-1 classifier's best-localization checkpoint
-    # (F-CAM's `cp_best`; NEGEV, TCAM, CoLo-CAM take their seeds from it too)
+    # validation localization and draw the seeds from the stage-1 classifier's best-localization
+    # checkpoint. The frozen encoder under the decoder (and so the class scores) is read from
+    # `encoder_checkpoint`: F-CAM's is best-localization too; NEGEV, TCAM and CoLo-CAM load
+    # their best-classification checkpoint there.
     selection = "best-loc"
     stage1_checkpoint = "best-loc"
+    encoder_checkpoint = "best-loc"
 
     def train_loader(self, train_set, ctx):
         """The decoder's training batches (called once `self.net` is built); None: the budget's
@@ -191,7 +194,7 @@ class SeededDecoder(Method):
         schedule = LogBarrierSchedule()
         self.t = schedule.t_at(0)
         probe = train_set[0]["image"].shape[-1]
-        self.net = DecoderNet(ctx.classifier(self.stage1_checkpoint), self.cfg.decoder_widths, probe,
+        self.net = DecoderNet(ctx.classifier(self.encoder_checkpoint), self.cfg.decoder_widths, probe,
                               self.cfg.decoder_skips).to(ctx.device)
         self.seeder = build_cam_seeder(self.cfg.seed_cam, self.name, train_set, val, ctx, self.stage1_checkpoint)
 
@@ -229,6 +232,10 @@ class VideoSeededDecoder(SeededDecoder):
 
     tasks = ("video",)
     Config = VideoSeededConfig
+    # the encoder from the stage-1 best-classification checkpoint, the seeder from the
+    # best-localization one (`tcam_pretrained_cl_ch_pt` / `tcam_pretrained_seeder_ch_pt`;
+    # CoLo-CAM's `colocam_pretrained_cl_ch_pt` likewise)
+    encoder_checkpoint = "best-cls"
 
     def shot_frames(self, train_set):
         """The `VideoFrames` of a shot-wise train split (a `ShotFrames`), or a clear error."""
