@@ -135,12 +135,12 @@ class SeededDecoder(Method):
     paper_presets: dict[str, dict[str, str]] = {}
     batch_keys: tuple[str, ...] = ()  # training-batch entries passed to cam_maps / loss_terms as keywords
     # Model selection (docs/protocol.md): the authors keep the decoder's epoch with the best
-    # validation localization and draw the seeds from the stage-1 classifier's best-localization
+    # validation localization and draw the seeds (`seed_checkpoint`, as PixelCAM's) from the stage-1 classifier's best-localization
     # checkpoint. The frozen encoder under the decoder (and so the class scores) is read from
     # `encoder_checkpoint`: F-CAM's is best-localization too; NEGEV, TCAM and CoLo-CAM load
     # their best-classification checkpoint there.
     selection = "best-loc"
-    stage1_checkpoint = "best-loc"
+    seed_checkpoint = "best-loc"
     encoder_checkpoint = "best-loc"
 
     def train_loader(self, train_set, ctx):
@@ -196,7 +196,7 @@ class SeededDecoder(Method):
         probe = train_set[0]["image"].shape[-1]
         self.net = DecoderNet(ctx.classifier(self.encoder_checkpoint), self.cfg.decoder_widths, probe,
                               self.cfg.decoder_skips).to(ctx.device)
-        self.seeder = build_cam_seeder(self.cfg.seed_cam, self.name, train_set, val, ctx, self.stage1_checkpoint)
+        self.seeder = build_cam_seeder(self.cfg.seed_cam, self.name, train_set, val, ctx, self.seed_checkpoint)
 
         def on_epoch_end(epoch, terms):
             log.info("%s epoch %d: %s (log-barrier t=%.3f)", self.name, epoch,
