@@ -21,7 +21,7 @@ from bench.config import SELECTION_CRITERIA, Budget, config_hash, paper_preset, 
 from bench.entries import RESULT_SCHEMA, file_sha256, method_file_sha256, write_entry
 from bench.io import atomic_torch_save, atomic_write_text, file_lock, results_lock
 from bench.metrics import BoxEvaluator, CorLocEvaluator, MaskEvaluator, Top1Cls, normalize_scoremaps
-from bench.models import WSOLNet, build_classifier
+from bench.models import WSOLNet, backbone_fingerprint, build_classifier
 from bench.dataset import make_loader
 from bench.method.base import Localization
 from bench.method.training import Selector, preserved_rng, train
@@ -123,7 +123,8 @@ class RunContext:
     def stage1_key(self) -> dict:
         b, run = self.budget, self.budget.stage1_schedule()
         key = {"dataset": self.dataset.name, "dataset_config": to_jsonable(self.dataset.cfg),
-               "backbone": self.backbone, "weights": file_sha256(self.weights), "seed": self.seed,
+               "backbone": self.backbone, "backbone_arch": backbone_fingerprint(self.backbone),
+               "weights": file_sha256(self.weights), "seed": self.seed,
                "epochs": run.epochs, "batch_size": b.batch_size, "lr": run.lr, "wd": run.weight_decay,
                "momentum": b.momentum, "max_train_images": b.max_train_images, "input_size": b.input_size,
                "crop_from": b.crop_from, "mixed_precision": b.mixed_precision,
@@ -298,6 +299,7 @@ def cell_config(method_cls, method_cfg, dataset, seed: int, settings: RunSetting
     config = {"method": method_cls.name, "method_config": to_jsonable(method_cfg), "dataset": dataset.name,
               "dataset_config": to_jsonable(dataset.cfg), "data": dataset.fingerprint(settings.data_root),
               "budget": to_jsonable(budget), "seed": seed, "backbone": settings.backbone,
+              "backbone_arch": backbone_fingerprint(settings.backbone),
               "weights": file_sha256(settings.backbone_weights())}
     preset = paper_preset(method_cls, dataset.name, settings.budget.name)
     if preset:  # the authors' configuration this cell took (its values are in method_config too)

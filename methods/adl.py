@@ -11,12 +11,13 @@ from bench.method.trained import backbone_layers, layer_transforms
 # ResNet50: after layer3 block 0, layer4 block 0 and layer4 block 2;
 # InceptionV3: after Mixed_5d, after Mixed_6e and after the head conv before the class scores
 # (the reference's SPG_A3_2b; ours is the CAM layer). small-cnn is not a reference backbone:
-# by VGG's pattern, before its last stage (after the second pool) and after its last two convs.
+# by VGG's pattern, before its last stage (after the second downsampling conv) and after its
+# last two convs.
 ADL_POSITIONS = {
     "VGG16WSOL": ("features.16", "features.22", "features.29"),
     "ResNet50WSOL": ("layer3.0", "layer4.0", "layer4.2"),
     "InceptionV3WSOL": ("Mixed_5d", "Mixed_6e", "Conv2d_6a_3x3"),
-    "SmallCNN": ("body.3", "body.4", "body.5"),
+    "SmallCNN": ("body.1", "body.2", "body.3"),
 }
 
 

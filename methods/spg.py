@@ -11,13 +11,13 @@ from bench.method.trained import backbone_layers, layer_outputs, width_for
 # Where the side branches B1 / B2 read, per backbone (after wsolevaluation's wsol/vgg.py,
 # wsol/resnet.py, wsol/inception.py SPG models): VGG16 conv4_3 / conv5_3 (SPG_A_1 / SPG_A_2
 # outputs); ResNet50 layer3 block 0 / the whole layer3; InceptionV3 Mixed_5d / Mixed_6d.
-# small-cnn (not a reference backbone): its second pool / its third conv. Branch C reads the
+# small-cnn (not a reference backbone): its second (downsampling) conv / its third conv. Branch C reads the
 # CAM features (the reference's SPG_A_3 output).
 SPG_TAPS = {
     "VGG16WSOL": ("features.22", "features.29"),
     "ResNet50WSOL": ("layer3.0", "layer3"),
     "InceptionV3WSOL": ("Mixed_5d", "Mixed_6d"),
-    "SmallCNN": ("body.3", "body.4"),
+    "SmallCNN": ("body.1", "body.2"),
 }
 
 

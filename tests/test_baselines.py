@@ -127,10 +127,10 @@ def test_adl_sits_at_the_reference_positions_of_the_backbone():
     adl = make("adl")
     with adl.training_context(model):
         hooked = [name for name, m in model.backbone.named_modules() if m._forward_hooks]
-    assert hooked == ["body.3", "body.4", "body.5"]
+    assert hooked == ["body.1", "body.2", "body.3"]
     no_hooks(model)
     with make("adl", positions="cam_layer").training_context(model):
-        assert [n for n, m in model.backbone.named_modules() if m._forward_hooks] == ["body.5"]
+        assert [n for n, m in model.backbone.named_modules() if m._forward_hooks] == ["body.3"]
     resnet = build_classifier("resnet50", num_classes=3)
     with adl.training_context(resnet):
         assert [n for n, m in resnet.backbone.named_modules() if m._forward_hooks] == ["layer3.0", "layer4.0",

@@ -45,9 +45,10 @@ def test_set_flags_split_the_owner_at_the_first_dot():
 
 def test_budgets_hold_their_two_runs():
     quick = BUDGETS["quick"]
-    assert quick.stage1_schedule() == quick.stage1 == TrainSchedule(8, 0.05, 1e-4)
-    assert quick.method_schedule() == TrainSchedule(4, 0.05, 1e-4)
-    assert quick.method_schedule(lr=0.1) == TrainSchedule(4, 0.1, 1e-4)
+    assert quick.stage1_schedule() == quick.stage1 == TrainSchedule(6, 0.05, 1e-4)
+    assert quick.method_schedule() == TrainSchedule(3, 0.05, 1e-4)
+    assert quick.method_schedule(lr=0.1) == TrainSchedule(3, 0.1, 1e-4)
+    assert quick.val_every == 2
 
 
 def test_registered_names_cannot_hold_the_set_flag_separators():
