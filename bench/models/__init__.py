@@ -70,10 +70,10 @@ class WSOLNet(nn.Module):
 def backbone_fingerprint(backbone: str) -> str:
     """A short hash of the backbone's architecture (its modules' repr: layers, widths, strides),
     in the configuration hashes: entries and cached classifiers of an earlier architecture under
-    the same name are never resumed or loaded. Built on the meta device (no weights allocated)."""
-    factory = BACKBONES.get_or_raise(backbone)
-    with torch.device("meta"):
-        text = repr(factory())
+    the same name are never resumed or loaded. Once per process and backbone."""
+    # built on the CPU: under torch.device("meta") every call goes through a function mode and
+    # ResNet50's construction takes 2.2 s instead of 0.5 s
+    text = repr(BACKBONES.get_or_raise(backbone)())
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
