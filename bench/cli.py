@@ -195,7 +195,8 @@ def run_settings(args, **changes):
                   data_root=args.data_root, results_dir=args.results, cache_dir=args.cache_dir, device=str(device),
                   backbone=args.backbone, weights=args.weights, weights_dir=args.weights_dir,
                   random_init=args.random_init, threads=threads, jobs=args.jobs,
-                  launcher=args.launcher, slurm=slurm, wait=args.wait, overwrite=args.overwrite)
+                  launcher=args.launcher, slurm=slurm, wait=args.wait, overwrite=args.overwrite,
+                  val_metrics=getattr(args, "val_metrics", False))
     fields.update(changes)
     return RunSettings(**fields)
 
@@ -231,7 +232,7 @@ def cmd_sweep(args) -> int:
     datasets = _csv(args.datasets) or ([param.owner] if param.owner in all_datasets() else None)
     out = Path(args.out or REPO_ROOT / "leaderboard" / "sweeps" / f"{param.owner}.{param.key}")
     # the folder above the values' results holds the sweep's table: tasks write none there
-    settings = run_settings(args, results_dir=out, task_tables=False)
+    settings = run_settings(args, results_dir=out, task_tables=False, val_metrics=True)
     if settings.slurm is not None and not settings.slurm.log_dir:
         settings = settings.replace(slurm=dataclasses.replace(settings.slurm, log_dir=str(out / "submitit")))
     cells = []
@@ -446,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "else every available dataset the methods run on)")
     p.add_argument("--out", type=Path, help="sweep folder (default leaderboard/sweeps/OWNER.KEY): one result folder "
                                             "per value and README.md, the tables")
-    _add_run_flags(p, results=False, set_help="other settings, fixed for every value")
+    _add_run_flags(p, results=False, val_metrics=False, set_help="other settings, fixed for every value")
     p.set_defaults(func=cmd_sweep, results=None)
 
     p = sub.add_parser("submit", help="run one new method file under the protocol, validate and table its entries. "
@@ -528,7 +529,8 @@ def _jobs(value: str) -> int | None:
     return jobs
 
 
-def _add_run_flags(p: argparse.ArgumentParser, *, results: bool = True, budget_default: str | None = "quick",
+def _add_run_flags(p: argparse.ArgumentParser, *, results: bool = True, val_metrics: bool = True,
+                   budget_default: str | None = "quick",
                    budget_help: str = "smoke | quick | paper (default quick)",
                    seeds_help: str = "comma-separated seeds (default 0,1,2)", set_help: str = "") -> None:
     """The flags every command that runs cells shares (run, sweep, submit): one RunSettings."""
@@ -553,6 +555,11 @@ def _add_run_flags(p: argparse.ArgumentParser, *, results: bool = True, budget_d
     p.add_argument("--overwrite", action="store_true",
                    help="let cells replace entries written under another budget or backbone in the results folder "
                         "(refused by default: a results folder holds one budget and backbone)")
+    if val_metrics:
+        p.add_argument("--val-metrics", action="store_true",
+                       help="score every cell on the validation split too and keep those metrics in its entry "
+                            "(mask datasets always do: their Dice threshold comes from it); finished entries "
+                            "without them are run again")
     _add_scale_out(p)
 
 

@@ -2,9 +2,10 @@
 (`--jobs N`, the standard library's process pool) or a SLURM job array through submitit
 (`--launcher slurm`; `--launcher local` is submitit's local executor, for tests).
 
-Cells cross process boundaries as they are (`bench.grid.Cell`: plain names, a seed and the
-`--set` overrides that concern them, never plugin classes: plugins are loaded by path, so a
-worker builds the method and dataset from the registry), with the run's `RunSettings`. Each cell seeds itself and
+Cells cross process boundaries as they are (`bench.grid.Cell`, `bench.transfer.track.TransferCell`:
+plain names, a seed and the `--set` overrides that concern them, never plugin classes: plugins
+are loaded by path, so a worker builds the method and dataset from the registry), with the
+run's `RunSettings`; a cell's `run(settings)` writes its entry. Each cell seeds itself and
 the shared stage-1 classifier is trained by one process under a file lock, so the results do
 not depend on the number of workers or on the order cells finish in.
 """
@@ -40,9 +41,7 @@ def execute(cell, settings: RunSettings, device: str | None = None) -> dict:
         torch.set_num_threads(settings.threads)
     if device is not None:
         settings = settings.replace(device=device)
-    from bench.runner import run_cell
-
-    record = run_cell(cell, settings)
+    record = cell.run(settings)  # a grid cell (`bench.grid.Cell`) or a transfer cell (`TransferCell`)
     if settings.launcher != "inline" and settings.task_tables:
         from bench.leaderboard import write_leaderboard
 
@@ -199,9 +198,7 @@ def run_local_pool(cells: list, settings: RunSettings, jobs: int) -> list[dict]:
             summaries += again
             if still:
                 error = "WorkerDied: the worker process running this cell died (killed, out of memory or crashed)"
-                from bench.runner import record_failure
-
-                record_failure(cell, settings, error)
+                cell.record_failure(settings, error)
                 log.error("cell %s: %s", cell.label, error)
                 summaries.append({"label": cell.label, "status": "failed", "error": error})
                 bar.update(1)

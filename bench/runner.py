@@ -388,18 +388,19 @@ def run_cell(cell, settings: RunSettings) -> dict:
             tau = val_metrics["best_tau"]
         collector = SampleCollector(sample_indices(len(splits.test)))
         metrics, curves = evaluate(method, splits.test, dataset, budget, device, tau=tau, samples=collector)
-        if val_metrics is None:
+        if val_metrics is None and settings.val_metrics:
             # the validation pass (for model selection: `bench sweep`) after the test pass: a method
-            # that draws random numbers at inference (Smooth-GradCAM++) then gives the same test
-            # metrics as before validation metrics were recorded
+            # that draws random numbers at inference (Smooth-GradCAM++) gives the same test metrics
+            # with or without it
             val_metrics, _ = evaluate(method, splits.val, dataset, budget, device)
         timings["eval_s"] = round(time.perf_counter() - t0, 3)
         bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
         if bad:
             raise FloatingPointError(f"metrics not finite: {', '.join(bad)}")
         artifacts = (collector, curves)
-        record.update(status="ok", metrics=metrics, val_metrics=val_metrics, selection=ctx.selection_record(),
-                      error=None)
+        record.update(status="ok", metrics=metrics, selection=ctx.selection_record(), error=None)
+        if val_metrics is not None:
+            record["val_metrics"] = val_metrics
     except KeyboardInterrupt:
         raise
     except Exception as err:  # one failing cell is recorded and the grid goes on

@@ -76,7 +76,10 @@ class RunSettings:
     `submission`: what `bench submit` stores in each entry; `plugins`: WSOLBENCH_PLUGINS of
     the submitting process; `task_tables`: a cluster task regenerates the tables beside the
     results after its cell (False where the caller writes its own: `bench sweep`);
-    `overwrite`: a cell may replace an entry written under another budget or backbone."""
+    `overwrite`: a cell may replace an entry written under another budget or backbone;
+    `val_metrics`: every cell is scored on the validation split too and the entry keeps those
+    metrics (`bench sweep` chooses by them); without it only the cells whose test metrics need a
+    validation pass (mask datasets: the Dice/mIoU threshold) keep them."""
 
     budget: Budget
     data_root: Path
@@ -97,6 +100,7 @@ class RunSettings:
     plugins: str = field(default_factory=lambda: os.environ.get("WSOLBENCH_PLUGINS", ""))
     task_tables: bool = True
     overwrite: bool = False  # replace entries of another budget or backbone in the results folder
+    val_metrics: bool = False
 
     def __post_init__(self):
         for name in ("data_root", "results_dir", "cache_dir"):

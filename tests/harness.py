@@ -53,11 +53,13 @@ def small_cell(method: str, dataset: str, seed: int) -> Cell:
     return Cell(method, dataset, seed, overrides)
 
 
-def run_small_cell(method: str, dataset: str, seed: int, dirs: dict, results: Path, method_cls=None) -> dict:
+def run_small_cell(method: str, dataset: str, seed: int, dirs: dict, results: Path, method_cls=None,
+                   **settings) -> dict:
+    """Run a small cell at the smoke budget; `settings`: RunSettings fields to change."""
     small_dataset(dataset).prepare(dirs["data"])
     with registered(*([method_cls] if method_cls is not None else [])):
         return run_cell(small_cell(method_cls.name if method_cls else method, dataset, seed),
-                        smoke_settings(dirs, results))
+                        smoke_settings(dirs, results).replace(**settings))
 
 
 def tiny_cells(methods: list[str], datasets: list[str], seeds: list[int], data_root: Path):

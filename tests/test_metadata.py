@@ -115,3 +115,48 @@ def test_negative_class_datasets_localize_the_roi_class():
     assert tissue.negative_class == 0
     assert tissue.localization_classes(labels).tolist() == [1, 1, 1, 1]
     assert TinyBoxes().localization_classes(labels).tolist() == [0, 1, 1, 0]  # GT-known otherwise
+
+
+def test_decoded_files_are_shared_across_splits_and_read_again_when_rewritten(tree, monkeypatch):
+    from PIL import Image
+
+    import bench.dataset.metadata as md
+
+    decoded = []
+    real = md.load_image
+    monkeypatch.setattr(md, "load_image", lambda path, root=None: decoded.append(Path(path).name) or real(path, root))
+    monkeypatch.setattr(md, "DECODED", md.DecodedFiles(md.PIXEL_CACHE_BYTES))
+    first = TinyBoxes().splits(tree, SMOKE).test[1]["image"]
+    count = len(decoded)
+    again = TinyBoxes().splits(tree, SMOKE).test[1]["image"]  # another cell's splits in the same process
+    assert len(decoded) == count and torch.equal(first, again)
+    name = decoded[-1]
+    path = next(tree.rglob(name))
+    with Image.open(path) as img:
+        inverted = Image.eval(img.convert("RGB"), lambda v: 255 - v)
+    inverted.save(path.with_name("new" + path.suffix))
+    path.with_name("new" + path.suffix).replace(path)  # a rewritten file: decoded again
+    changed = TinyBoxes().splits(tree, SMOKE).test[1]["image"]
+    assert decoded[-1] == name and len(decoded) == count + 1
+    assert torch.allclose(changed, 1 - first, atol=1 / 255 + 1e-6)
+
+
+def test_decoded_files_keep_at_most_their_limit_and_are_read_only(tmp_path):
+    import numpy as np
+
+    from bench.dataset.metadata import DecodedFiles
+
+    cache = DecodedFiles(limit=250)
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"{i}.bin")
+        files[-1].write_bytes(b"x")
+    for f in files:
+        value = cache.get(f, tmp_path, "image", ("t",), lambda: np.zeros(100, dtype=np.uint8))
+        assert not value.flags.writeable
+    assert cache.nbytes == 200 and len(cache._items) == 2  # the least recently used went first
+    calls = []
+    cache.get(files[0], tmp_path, "image", ("t",), lambda: calls.append(1) or np.zeros(100, dtype=np.uint8))
+    assert calls == [1]
+    with pytest.raises(MetadataError, match="outside the image root"):
+        cache.get(files[0], tmp_path / "elsewhere", "image", ("t",), lambda: np.zeros(1, dtype=np.uint8))

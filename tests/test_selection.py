@@ -181,7 +181,8 @@ def test_the_entry_and_the_leaderboard_show_the_kept_checkpoint(shared_dirs, tmp
     monkeypatch.setitem(BUDGETS, "smoke", budget)
     import tests.harness as harness
     monkeypatch.setattr(harness, "SMOKE", budget)
-    entry = run_small_cell(None, "synth-objects", 0, shared_dirs, tmp_path, method_cls=ScriptedTop1)
+    entry = run_small_cell(None, "synth-objects", 0, shared_dirs, tmp_path, method_cls=ScriptedTop1,
+                           val_metrics=True)
     assert entry["status"] == "ok", entry.get("error")
     sel = entry["selection"]["method"]
     assert (sel["criterion"], sel["epoch"], sel["epochs"]) == ("best-cls", 2, 4)

@@ -72,6 +72,31 @@ def test_transfer_cell_runs_end_to_end_on_the_embedded_pair(name, pair, shared_d
     assert _run(cls, pair, shared_dirs, tmp_path) == record
 
 
+def test_a_pair_runs_in_worker_processes_with_the_metrics_of_one_process(pair, shared_dirs, tmp_path, capsys):
+    from bench.cli import main
+    from tests.conftest import SMALL_DATASETS
+
+    sets = [x for name in (SOURCE, TARGET) for k, v in SMALL_DATASETS[name].items()
+            for x in ("--set", f"{name}.{k}={v}")]
+
+    def run(results, jobs):
+        args = ["run", "--transfer", f"{SOURCE}:{TARGET}", "--adaptations", "shot", "--seeds", "0,1", "--budget",
+                "smoke", "--data-root", str(shared_dirs["data"]), "--cache-dir", str(tmp_path / "cache"),
+                "--results", str(results), "--jobs", str(jobs), *sets]
+        assert main(args) == 0
+        return {(r, s): json.loads(transfer_result_path(results, SOURCE, TARGET, r, s).read_text())
+                for r in ("target-supervised", "source-only", "shot") for s in (0, 1)}
+
+    pooled = run(tmp_path / "pooled", 2)
+    assert "6 cells ok, 0 failed" in capsys.readouterr().out
+    alone = run(tmp_path / "alone", 1)
+    assert {k: e["metrics"] for k, e in pooled.items()} == {k: e["metrics"] for k, e in alone.items()}
+    # one torch thread per cell by default, in a worker or in this process: the metrics do not depend on --jobs
+    assert all("1 threads" in e["device"] for e in [*pooled.values(), *alone.values()])
+    assert run(tmp_path / "pooled", 2) == pooled  # resumed: the same entries, nothing rerun
+    assert "6 cells ok, 0 failed" in capsys.readouterr().out
+
+
 def test_shot_adapts_the_encoder_and_the_upper_reference_is_sealed(pair, shared_dirs, tmp_path):
     shot = get_adaptation("shot")
 

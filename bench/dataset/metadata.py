@@ -3,6 +3,8 @@
 their boxes and masks brought to the evaluation frame."""
 from __future__ import annotations
 
+import collections
+import os
 import random as _random
 from pathlib import Path
 
@@ -10,12 +12,50 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.data.images import read_image, with_image
+from bench.data.images import checked_path, read_image, with_image
 from bench.data.metadata import ImageRecord, MetadataError, read_split
 from bench.dataset.base import Dataset, Splits
 from bench.dataset.protocol import IGNORE
 
 PIXEL_CACHE_BYTES = 1 << 30  # splits whose decoded pixels fit are decoded once per process
+
+
+class DecodedFiles:
+    """Decoded image and mask files kept for the life of the process, up to `limit` bytes (the
+    least recently used dropped first): a pool worker runs cell after cell on the same files, and
+    decoding them again was a tenth of a small-CNN evaluation pass. Keyed by the file's resolved
+    path, inode, size and modification time (a rewritten file is decoded again) and by what was
+    made of it (`tag`: the resize, the threshold); the path is checked as every read checks it.
+    Values are read-only arrays (or tuples holding one) shared by every reader."""
+
+    def __init__(self, limit: int):
+        self.limit, self.nbytes = limit, 0
+        self._items: collections.OrderedDict = collections.OrderedDict()
+
+    def get(self, path: Path, root: Path | None, what: str, tag: tuple, decode):
+        resolved = checked_path(path, root, what)
+        st = os.stat(resolved)
+        key = (str(resolved), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, tag)
+        hit = self._items.get(key)
+        if hit is not None:
+            self._items.move_to_end(key)
+            return hit
+        value = decode()
+        array = value[0] if isinstance(value, tuple) else value
+        array.setflags(write=False)
+        self._items[key] = value
+        self.nbytes += array.nbytes
+        while self.nbytes > self.limit and len(self._items) > 1:
+            _, old = self._items.popitem(last=False)
+            self.nbytes -= (old[0] if isinstance(old, tuple) else old).nbytes
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.nbytes = 0
+
+
+DECODED = DecodedFiles(PIXEL_CACHE_BYTES)
 
 
 class MetadataDataset(Dataset):
@@ -140,11 +180,12 @@ def resize_nearest(a: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_mask(path: Path, eval_size: int, threshold: int = 0, root: Path | None = None) -> np.ndarray:
-    """bool [E, E]: a mask file resized from its own size to the evaluation frame (OpenCV
-    nearest) and thresholded, grey byte > `threshold`. The reference takes `> 0.5` of the
+    """bool [E, E], read-only: a mask file resized from its own size to the evaluation frame
+    (OpenCV nearest) and thresholded, grey byte > `threshold`. The reference takes `> 0.5` of the
     float bytes, i.e. any non-zero byte (threshold 0); thresholding before or after a nearest
-    resize gives the same pixels."""
-    return resize_nearest(read_grey(path, root) > threshold, eval_size)
+    resize gives the same pixels. Decoded once per process (`DECODED`)."""
+    return DECODED.get(path, root, "mask", ("mask", eval_size, threshold),
+                       lambda: resize_nearest(read_grey(path, root) > threshold, eval_size))
 
 
 class MetadataImages(torch.utils.data.Dataset):
@@ -194,12 +235,19 @@ class MetadataImages(torch.utils.data.Dataset):
         if cached is not None:
             return cached
         rec = self.records[index]
-        img = load_image(self.root / rec.path, self.root)
-        size = img.size
+        path = self.root / rec.path
+
+        def decode():
+            img = load_image(path, self.root)
+            return np.asarray(img.resize((self.stored_size, self.stored_size), Image.BILINEAR), dtype=np.uint8), img.size
+
+        if self._cache_pixels:
+            pixels, size = DECODED.get(path, self.root, "image", ("rgb", self.stored_size), decode)
+        else:
+            pixels, size = decode()
         if rec.size is not None and rec.size != size:
-            raise MetadataError(f"{self.root / rec.path}: image is {size[0]}x{size[1]} but image_sizes.txt says "
+            raise MetadataError(f"{path}: image is {size[0]}x{size[1]} but image_sizes.txt says "
                                 f"{rec.size[0]}x{rec.size[1]}")
-        pixels = np.asarray(img.resize((self.stored_size, self.stored_size), Image.BILINEAR), dtype=np.uint8)
         if self._cache_pixels:
             self._pixels[index] = (pixels, size)
         return pixels, size

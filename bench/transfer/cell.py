@@ -64,6 +64,33 @@ def transfer_cell_config(adaptation_name: str, adaptation_cfg, source, target, b
             "backbone": backbone, "weights": file_sha256(weights)}
 
 
+def cell_identity(name: str, source, target, seed: int, settings: RunSettings, adaptation_cls=None,
+                  adaptation_cfg=None, source_method=None, source_method_cfg=None) -> tuple[dict, str | None, Path]:
+    """(config, code hash, entry path) of the cell `name` (an adaptation's, or TARGET_SUPERVISED's
+    with `adaptation_cls` None): what resumes it and what its entry records."""
+    config = transfer_cell_config(name, adaptation_cfg, source, target, settings.budget, seed, settings.backbone,
+                                  settings.backbone_weights(), source_method, source_method_cfg)
+    code = file_sha256(__file__) if adaptation_cls is None else method_file_sha256(adaptation_cls)
+    return config, code, transfer_result_path(settings.results_dir, source.name, target.name, name, seed)
+
+
+def finished_transfer_entry(name: str, source, target, seed: int, settings: RunSettings,
+                            adaptation_cls=None, adaptation_cfg=None) -> dict | None:
+    """The finished entry of a cell in `settings.results_dir` (as the grid resumes one), or None."""
+    config, code, path = cell_identity(name, source, target, seed, settings, adaptation_cls, adaptation_cfg)
+    return _finished(path, config, code)
+
+
+def record_transfer_failure(name: str, source, target, seed: int, settings: RunSettings, error: str,
+                            adaptation_cls=None, adaptation_cfg=None) -> dict:
+    """Write the failed entry of a cell that could not record itself (its worker process died)."""
+    config, code, path = cell_identity(name, source, target, seed, settings, adaptation_cls, adaptation_cfg)
+    tbudget = resolve_budget(settings.budget, target, settings.backbone)
+    record = _record(name, source, target, tbudget, seed, settings.backbone, config, code, settings.torch_device)
+    record.update(status="failed", metrics={}, error=error)
+    return _finish(record, {}, time.perf_counter(), settings.results_dir, path)
+
+
 def _finished(path: Path, config: dict, code_sha256: str | None) -> dict | None:
     """The finished entry at `path` for `config`, as the grid resumes one (`is_finished`)."""
     if not is_finished(path, config_hash(config), code_sha256):
@@ -129,12 +156,10 @@ def run_transfer_cell(adaptation_cls, source, target, seed: int, settings: RunSe
     a bug of the adaptation."""
     budget, backbone, device = settings.budget, settings.backbone, settings.torch_device
     adaptation_cfg = adaptation_cfg if adaptation_cfg is not None else adaptation_cls.Config()
-    config = transfer_cell_config(adaptation_cls.name, adaptation_cfg, source, target, budget, seed, backbone,
-                                  settings.backbone_weights(), source_method, source_method_cfg)
-    code = method_file_sha256(adaptation_cls)
+    config, code, path = cell_identity(adaptation_cls.name, source, target, seed, settings, adaptation_cls,
+                                       adaptation_cfg, source_method, source_method_cfg)
     results_dir = settings.results_dir if write else None
-    path = None if results_dir is None else transfer_result_path(results_dir, source.name, target.name,
-                                                                 adaptation_cls.name, seed)
+    path = path if write else None
     if path is not None:
         done = _finished(path, config, code)
         if done is not None:
@@ -195,12 +220,9 @@ def run_target_supervised(source, target, seed: int, settings: RunSettings, *, w
     target's LABELLED training split (the grid's cached classifier), evaluated like a transfer
     cell. Stored beside the pair's adaptations as `target-supervised`."""
     budget, backbone, device = settings.budget, settings.backbone, settings.torch_device
-    config = transfer_cell_config(TARGET_SUPERVISED, None, source, target, budget, seed, backbone,
-                                  settings.backbone_weights())
-    code = file_sha256(__file__)
+    config, code, path = cell_identity(TARGET_SUPERVISED, source, target, seed, settings)
     results_dir = settings.results_dir if write else None
-    path = None if results_dir is None else transfer_result_path(results_dir, source.name, target.name,
-                                                                 TARGET_SUPERVISED, seed)
+    path = path if write else None
     if path is not None:
         done = _finished(path, config, code)
         if done is not None:
