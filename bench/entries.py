@@ -6,11 +6,11 @@ entry's canonical JSON without the checksum itself, so any hand edit of a metric
 a timing shows. Its `config_hash` must be the hash of its `config`, and its
 `code_version.method_file_sha256` the hash of the method's file as it is now (a method changed
 after its entries were written needs them rerun). `val_metrics`, the same metrics on the
-validation split (where a validation pass ran: `RunSettings.val_metrics`), are what `bench sweep`
-selects settings by. `selection` says which checkpoint
-each training run of the cell kept (docs/protocol.md, "Model selection"): "method" (the method's
-own run) and "stage1" (criterion -> the stage-1 classifier checkpoint it read), each with its
-"criterion" and, when validated, the "epoch" kept of "epochs".
+validation split (where a validation pass ran: `RunSettings.val_metrics`), are what `bench
+sweep` selects settings by. `selection` says which checkpoint each training run of the cell
+kept (docs/protocol.md, "Model selection"): "method" (the method's own run) and "stage1"
+(criterion -> the stage-1 classifier checkpoint it read), each with its "criterion" and, when
+validated, the "epoch" kept of "epochs".
 """
 from __future__ import annotations
 
