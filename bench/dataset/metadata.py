@@ -239,7 +239,8 @@ class MetadataImages(torch.utils.data.Dataset):
 
         def decode():
             img = load_image(path, self.root)
-            return np.asarray(img.resize((self.stored_size, self.stored_size), Image.BILINEAR), dtype=np.uint8), img.size
+            pixels = np.asarray(img.resize((self.stored_size, self.stored_size), Image.BILINEAR), dtype=np.uint8)
+            return pixels, img.size
 
         if self._cache_pixels:
             pixels, size = DECODED.get(path, self.root, "image", ("rgb", self.stored_size), decode)

@@ -85,12 +85,11 @@ def run_pair(source_name: str, target_name: str, settings: RunSettings, adaptati
     from bench import launch
 
     overrides = overrides or {}
-    for name in (source_name, target_name):
-        ds = _dataset(name, overrides)
+    datasets = [_dataset(name, overrides) for name in (source_name, target_name)]
+    for ds in datasets:
         why = ds.missing(settings.data_root)
         if why is not None:
             raise FileNotFoundError(why)
-        ds.prepare(settings.data_root)
     names = list(all_adaptations()) if adaptations is None else list(adaptations)
     rows = [TARGET_SUPERVISED, SourceOnly.name] + [get_adaptation(n).name for n in names if n != SourceOnly.name]
     check_writable(settings.results_dir, "results folder")
@@ -99,8 +98,11 @@ def run_pair(source_name: str, target_name: str, settings: RunSettings, adaptati
     todo = [cell for cell in cells if records[cell.label] is None]
     summaries = {}
     if todo:
+        for ds in datasets:  # here, before any worker reads the data (the embedded pair is generated)
+            ds.prepare(settings.data_root)
         # a cluster launcher's pair runs here, as before (its cells are short); the caller writes the tables
-        jobs = 1 if settings.launcher != "inline" else settings.jobs or launch.auto_jobs(settings.torch_device, len(todo))
+        jobs = 1 if settings.launcher != "inline" else (settings.jobs
+                                                        or launch.auto_jobs(settings.torch_device, len(todo)))
         here = settings.replace(task_tables=False)
         ran = launch.run_inline(todo, here) if jobs == 1 else launch.run_local_pool(todo, here, jobs)
         summaries = {s["label"]: s for s in ran}
