@@ -97,6 +97,22 @@ def test_a_pair_runs_in_worker_processes_with_the_metrics_of_one_process(pair, s
     assert "6 cells ok, 0 failed" in capsys.readouterr().out
 
 
+def test_a_transfer_cell_whose_worker_died_is_recorded_as_failed_and_runs_again(pair, shared_dirs, tmp_path):
+    from bench.transfer.track import TransferCell
+    from tests.conftest import SMALL_DATASETS
+
+    settings = _settings(shared_dirs, tmp_path)
+    overrides = {name: dict(SMALL_DATASETS[name]) for name in (SOURCE, TARGET)}
+    for row in ("shot", "target-supervised"):
+        cell = TransferCell(SOURCE, TARGET, row, 0, overrides)
+        entry = cell.record_failure(settings, "WorkerDied: the worker process running this cell died")
+        assert entry["status"] == "failed" and entry["error"].startswith("WorkerDied")
+        assert json.loads(transfer_result_path(tmp_path, SOURCE, TARGET, row, 0).read_text()) == entry
+        assert cell.finished(settings) is None  # a failed entry is not finished: the next run reruns it
+        assert cell.run(settings)["status"] == "ok" and cell.finished(settings) is not None
+    assert check_transfer_entries(tmp_path) == []
+
+
 def test_shot_adapts_the_encoder_and_the_upper_reference_is_sealed(pair, shared_dirs, tmp_path):
     shot = get_adaptation("shot")
 
