@@ -156,7 +156,7 @@ BUDGETS: dict[str, Budget] = {
                          max_train_images=48, max_eval_images=16),
     # smoke never validates (every run keeps its last epoch); paper validates every epoch, as the
     # reference code does (docs/protocol.md, "Model selection"); quick every second epoch and at
-    # the last, and trains 6 + 3 epochs, to keep the default grid near its 30-minute CPU target
+    # the last, and trains 6 + 3 epochs, to keep the default grid within its 30-minute CPU target
     "quick": make_budget("quick", stage1_epochs=6, method_epochs=3, batch_size=32, lr=0.05, val_every=2),
     # The reference papers' settings (Choe et al. 2020 / F-CAM): batch 32, SGD with Nesterov
     # momentum 0.9, weight decay 1e-4, 224 crops; meant for a GPU. These epochs, rates and the

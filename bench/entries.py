@@ -153,15 +153,18 @@ def read_entry(path: Path) -> dict | None:
         return None
 
 
-def is_finished_entry(path: Path, expected_hash: str, method_sha256: str | None) -> bool:
+def is_finished_entry(path: Path, expected_hash: str, method_sha256: str | None,
+                      with_val_metrics: bool = False) -> bool:
     """A finished cell: a schema-valid entry of the current schema, status ok, intact
-    (checksum), with the expected config hash, written by the method file as it is now."""
+    (checksum), with the expected config hash, written by the method file as it is now, and
+    holding validation metrics when the run asks for them (`with_val_metrics`)."""
     record = read_entry(path)
     if record is None:
         return False
     return (record["status"] == "ok" and record["config_hash"] == expected_hash
             and record["schema"] == RESULT_SCHEMA and record["checksum"] == entry_checksum(record)
-            and record["code_version"].get("method_file_sha256") == method_sha256)
+            and record["code_version"].get("method_file_sha256") == method_sha256
+            and (not with_val_metrics or bool(record.get("val_metrics"))))
 
 
 def integrity_reasons(record: dict, path: Path, results_dir: Path) -> list[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bench.config import apply_overrides, config_hash, method_config
 from bench.entries import is_finished_entry as is_finished
-from bench.entries import method_file_sha256, read_entry
+from bench.entries import method_file_sha256
 from bench.io import check_writable
 from bench.registry import all_datasets, all_methods, get_dataset, get_method
 from bench.runner import cell_config, record_failure, result_path, run_cell
@@ -130,12 +130,6 @@ def _refuse_other_runs(paths: list[Path], settings: RunSettings) -> None:
                          f"pass --overwrite to replace them")
 
 
-def _lacks_val_metrics(path: Path) -> bool:
-    """A finished entry without validation metrics (written by a run that did not ask for them):
-    a run that asks (`RunSettings.val_metrics`) runs the cell again."""
-    return not (read_entry(path) or {}).get("val_metrics")
-
-
 def _sweep_orphans(path: Path) -> None:
     """Remove temp files of this cell's result left by a killed writer (atomic writes put
     them beside the result as .<name>.<random>.tmp); the cell is about to be rewritten."""
@@ -157,8 +151,7 @@ def run_grid(cells: list[Cell], settings: RunSettings) -> GridReport:
         method_cls, method_cfg, dataset = cell.build(settings.budget.name)
         cfg = cell_config(method_cls, method_cfg, dataset, cell.seed, settings)
         path = cell.result_file(settings)
-        if is_finished(path, config_hash(cfg), method_file_sha256(method_cls)) \
-                and not (settings.val_metrics and _lacks_val_metrics(path)):
+        if is_finished(path, config_hash(cfg), method_file_sha256(method_cls), settings.val_metrics):
             report.resumed.append(path)
         else:
             todo.append((cell, dataset))

@@ -288,6 +288,29 @@ def evaluate(method, split, dataset, budget: Budget, device: torch.device, tau: 
     return metrics, curves
 
 
+def score_splits(method, splits, dataset, budget: Budget, device: torch.device, with_val: bool,
+                 samples: SampleCollector | None = None) -> tuple[dict, dict | None, dict]:
+    """A cell's scoring: (test metrics, validation metrics or None, test curves). On a mask
+    dataset the validation pass runs first (Dice / mIoU take its best threshold); elsewhere it
+    runs after the test pass, and only `with_val` (for model selection: `bench sweep`), so a
+    method that draws random numbers at inference (Smooth-GradCAM++) gives the same test metrics
+    either way."""
+    tau = val_metrics = None
+    if dataset.annotation == "mask":
+        val_metrics, _ = evaluate(method, splits.val, dataset, budget, device)
+        tau = val_metrics["best_tau"]
+    metrics, curves = evaluate(method, splits.test, dataset, budget, device, tau=tau, samples=samples)
+    if val_metrics is None and with_val:
+        val_metrics, _ = evaluate(method, splits.val, dataset, budget, device)
+    return metrics, val_metrics, curves
+
+
+def check_finite(metrics: dict) -> None:
+    bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise FloatingPointError(f"metrics not finite: {', '.join(bad)}")
+
+
 def result_path(results_dir: Path, dataset: str, method: str, seed: int) -> Path:
     return Path(results_dir) / dataset / method / f"seed{seed}.json"
 
@@ -382,21 +405,11 @@ def run_cell(cell, settings: RunSettings) -> dict:
         method.fit(splits.train, splits.val, ctx)
         timings["fit_s"] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
-        tau = val_metrics = None
-        if dataset.annotation == "mask":  # Dice / mIoU use the validation-best threshold
-            val_metrics, _ = evaluate(method, splits.val, dataset, budget, device)
-            tau = val_metrics["best_tau"]
         collector = SampleCollector(sample_indices(len(splits.test)))
-        metrics, curves = evaluate(method, splits.test, dataset, budget, device, tau=tau, samples=collector)
-        if val_metrics is None and settings.val_metrics:
-            # the validation pass (for model selection: `bench sweep`) after the test pass: a method
-            # that draws random numbers at inference (Smooth-GradCAM++) gives the same test metrics
-            # with or without it
-            val_metrics, _ = evaluate(method, splits.val, dataset, budget, device)
+        metrics, val_metrics, curves = score_splits(method, splits, dataset, budget, device, settings.val_metrics,
+                                                    samples=collector)
         timings["eval_s"] = round(time.perf_counter() - t0, 3)
-        bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
-        if bad:
-            raise FloatingPointError(f"metrics not finite: {', '.join(bad)}")
+        check_finite(metrics)
         artifacts = (collector, curves)
         record.update(status="ok", metrics=metrics, selection=ctx.selection_record(), error=None)
         if val_metrics is not None:

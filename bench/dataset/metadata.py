@@ -39,15 +39,14 @@ class DecodedFiles:
         hit = self._items.get(key)
         if hit is not None:
             self._items.move_to_end(key)
-            return hit
+            return hit[0]
         value = decode()
         array = value[0] if isinstance(value, tuple) else value
         array.setflags(write=False)
-        self._items[key] = value
+        self._items[key] = (value, array.nbytes)
         self.nbytes += array.nbytes
         while self.nbytes > self.limit and len(self._items) > 1:
-            _, old = self._items.popitem(last=False)
-            self.nbytes -= (old[0] if isinstance(old, tuple) else old).nbytes
+            self.nbytes -= self._items.popitem(last=False)[1][1]
         return value
 
     def clear(self) -> None:

@@ -6,9 +6,10 @@
    sealed as soon as the source model exists: from then on any read of it raises.
 2. Adaptation of a copy of it on the target's training images, through an `UnlabelledView`
    (labels, masks and boxes raise).
-3. Evaluation on the target's test split with the target's metrics (`bench.runner.evaluate`;
+3. Evaluation on the target's test split with the target's metrics (`bench.runner.score_splits`;
    mask datasets: the Dice / mIoU threshold from the target's validation split, as in a grid
-   cell; PxAP needs none). Validation metrics are recorded as in a grid cell.
+   cell; PxAP needs none). Validation metrics are always recorded (a grid cell on a box or
+   video dataset records them only when the run asks).
 
 The two reference rows of a pair: `source-only` (the `SourceOnly` adaptation: no
 adaptation, the lower reference) and `target-supervised` (`run_target_supervised`: the
@@ -21,7 +22,6 @@ import copy
 import datetime as _dt
 import json
 import logging
-import math
 import time
 import traceback
 from pathlib import Path
@@ -32,7 +32,8 @@ import bench
 from bench.config import Budget, config_hash, resolve_budget, to_jsonable
 from bench.entries import RESULT_SCHEMA, TRANSFER_FOLDER, file_sha256, method_file_sha256, write_entry
 from bench.grid import is_finished
-from bench.runner import RunContext, device_name, evaluate, git_version, preserved_rng, seed_everything
+from bench.runner import (RunContext, check_finite, device_name, git_version, preserved_rng, score_splits,
+                          seed_everything)
 from bench.settings import RunSettings
 from bench.transfer.adaptation import AdaptContext, Adaptation, SourceOnly
 from bench.transfer.data import LabelAccessError, ReadGuard, SourceAccessError, UnlabelledView
@@ -110,16 +111,9 @@ def _record(name: str, source, target, budget: Budget, seed: int, backbone: str,
 
 
 def _evaluate(localizer, splits, dataset, budget, device) -> tuple[dict, dict]:
-    tau = val_metrics = None
-    if dataset.annotation == "mask":  # Dice / mIoU use the validation-best threshold
-        val_metrics, _ = evaluate(localizer, splits.val, dataset, budget, device)
-        tau = val_metrics["best_tau"]
-    metrics, _ = evaluate(localizer, splits.test, dataset, budget, device, tau=tau)
-    if val_metrics is None:
-        val_metrics, _ = evaluate(localizer, splits.val, dataset, budget, device)
-    bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
-    if bad:
-        raise FloatingPointError(f"metrics not finite: {', '.join(bad)}")
+    """(test metrics, validation metrics): scored as a grid cell is, always with validation."""
+    metrics, val_metrics, _ = score_splits(localizer, splits, dataset, budget, device, with_val=True)
+    check_finite(metrics)
     return metrics, val_metrics
 
 
